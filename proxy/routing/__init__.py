@@ -1,0 +1,1 @@
+"""Routing: which upstream broker each listener fronts, and rewriting the addresses brokers hand out."""

@@ -1,0 +1,76 @@
+"""The map between upstream brokers and the proxy listeners that front them.
+
+Every broker address a client learns is replaced by a proxy address, so the
+client never connects to a broker directly: broker node id N is served on
+port_base + N of the advertised host. The directory learns upstream addresses
+from the responses that carry them and announces each new node once, so the
+server can open its listener before the rewritten response reaches the client.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from proxy.errors import ProxyError
+
+
+@dataclass(frozen=True, slots=True)
+class Address:
+    """A host and port, printed the way Kafka clients write bootstrap servers."""
+
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+class RoutingError(ProxyError):
+    """A broker cannot be given a proxy listener (its node id maps outside the port range)."""
+
+    error_code = 8  # NETWORK_EXCEPTION: the client cannot be routed to that broker
+
+
+class BrokerDirectory:
+    """Upstream node id -> upstream address, and node id -> advertised proxy address."""
+
+    def __init__(
+        self,
+        *,
+        advertised_host: str,
+        port_base: int,
+        on_new_broker: Callable[[int, Address], None] | None = None,
+    ) -> None:
+        self.advertised_host = advertised_host
+        self.port_base = port_base
+        self._upstream: dict[int, Address] = {}
+        self._on_new_broker = on_new_broker
+
+    def listener_port(self, node_id: int) -> int:
+        """The proxy port that fronts broker node_id."""
+        port = self.port_base + node_id
+        if node_id < 0 or not 0 < port < 65536:
+            raise RoutingError(
+                f"broker node id {node_id} maps to port {port}, outside 1..65535 "
+                f"(lower broker_port_base)"
+            )
+        return port
+
+    def learn(self, node_id: int, host: str, port: int) -> Address:
+        """Record where broker node_id really is; return the address the client must see instead."""
+        advertised = Address(self.advertised_host, self.listener_port(node_id))
+        upstream = Address(host, port)
+        previous = self._upstream.get(node_id)
+        if previous != upstream:
+            self._upstream[node_id] = upstream
+            if previous is None and self._on_new_broker is not None:
+                self._on_new_broker(node_id, upstream)
+        return advertised
+
+    def upstream(self, node_id: int) -> Address | None:
+        """The upstream address of a known broker, None before any response named it."""
+        return self._upstream.get(node_id)
+
+    def known_brokers(self) -> dict[int, Address]:
+        return dict(self._upstream)

@@ -1,0 +1,408 @@
+"""The asyncio server: listeners, one upstream connection per client connection.
+
+Only moves bytes between sockets and the sans-I/O session (proxy.routing.session);
+every protocol decision lives there. Uses asyncio Protocols (no stream layer on the
+hot path) with flow control in both directions: a full write buffer on one side
+pauses reading on the other.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import socket
+import time
+from collections.abc import Coroutine
+from typing import Any
+
+from proxy.config import ProxyConfig
+from proxy.errors import ProxyError
+from proxy.routing.directory import Address, BrokerDirectory
+from proxy.routing.session import Session
+from proxy.server.metrics import Metrics
+
+log = logging.getLogger("idemproxy.server")
+
+
+class TaskSet:
+    """Owns the background tasks the server starts: none is left unreferenced or unawaited."""
+
+    def __init__(self) -> None:
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    def spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]:
+        task = asyncio.get_running_loop().create_task(coro, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._done)
+        return task
+
+    def _done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("task %s failed", task.get_name(), exc_info=task.exception())
+
+    async def cancel_all(self) -> None:
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def _peer(transport: asyncio.BaseTransport) -> str:
+    peer = transport.get_extra_info("peername")
+    if isinstance(peer, tuple) and len(peer) >= 2:
+        return str(Address(str(peer[0]), int(peer[1])))
+    return str(peer)
+
+
+class _Link:
+    """A client connection, its upstream connection and the session between them."""
+
+    def __init__(self, proxy: Proxy, targets: list[Address], listener: str) -> None:
+        self.proxy = proxy
+        self.targets = targets
+        self.listener = listener
+        self.session = Session(
+            proxy.directory,
+            max_frame_bytes=proxy.config.max_frame_bytes,
+            observer=proxy.metrics,
+            clock=time.monotonic,
+        )
+        self.client: asyncio.Transport | None = None
+        self.upstream: asyncio.Transport | None = None
+        self.peer = "?"
+        self.client_open = False
+        self.upstream_open = False
+        self._drain_timer: asyncio.TimerHandle | None = None
+
+    # -- client side ------------------------------------------------------
+
+    def client_made(self, transport: asyncio.Transport) -> None:
+        self.client = transport
+        self.client_open = True
+        self.peer = _peer(transport)
+        self.proxy.metrics.client_connections.inc()
+        self.proxy.metrics.connections_total.inc()
+        self.proxy.links.add(self)
+        log.debug("client connected", extra={"peer": self.peer, "listener": self.listener})
+        transport.pause_reading()  # until the upstream connection is up
+        self.proxy.tasks.spawn(self._connect(), name=f"connect {self.peer}")
+
+    def client_data(self, data: bytes) -> None:
+        try:
+            out = self.session.receive_client(data)
+        except ProxyError as exc:
+            self._refuse(exc)
+            return
+        if out.upstream and self.upstream is not None:
+            self.upstream.writelines(out.upstream)
+        if out.client:
+            self._to_client(out.client)
+
+    def client_eof(self) -> None:
+        try:
+            self.session.client_eof()
+        except ProxyError as exc:
+            self._note_error("client", exc)
+
+    def client_lost(self) -> None:
+        if not self.client_open:
+            return
+        self.client_open = False
+        self.proxy.metrics.client_connections.dec()
+        log.debug("client disconnected", extra={"peer": self.peer})
+        self._release_upstream()
+
+    def _refuse(self, exc: ProxyError) -> None:
+        """Bad input from the client: one log line, this connection closed, nothing else touched."""
+        self._note_error("client", exc)
+        if self.client is not None:
+            self.client.abort()
+
+    def _to_client(self, frames: list[bytes]) -> None:
+        if self.client_open and self.client is not None:
+            self.client.writelines(frames)
+
+    # -- upstream side ----------------------------------------------------
+
+    async def _connect(self) -> None:
+        loop = asyncio.get_running_loop()
+        timeout = self.proxy.config.connect_timeout
+        failures: list[str] = []
+        for target in self.targets:
+            if not self.client_open:
+                return
+            try:
+                async with asyncio.timeout(timeout):
+                    await loop.create_connection(
+                        lambda: _UpstreamProtocol(self), target.host, target.port
+                    )
+            except (OSError, TimeoutError) as exc:
+                failures.append(f"{target}: {exc or type(exc).__name__}")
+                continue
+            return
+        self.proxy.metrics.connection_errors.labels("upstream_unreachable").inc()
+        log.warning(
+            "upstream unreachable, closing client connection",
+            extra={"peer": self.peer, "reason": "; ".join(failures) or "no upstream address"},
+        )
+        if self.client is not None:
+            self.client.close()
+
+    def upstream_made(self, transport: asyncio.Transport) -> None:
+        self.upstream = transport
+        self.upstream_open = True
+        self.proxy.metrics.upstream_connections.inc()
+        if not self.client_open:
+            transport.close()
+            return
+        if self.client is not None:
+            self.client.resume_reading()
+
+    def upstream_data(self, data: bytes) -> None:
+        try:
+            out = self.session.receive_upstream(data)
+        except ProxyError as exc:
+            self._note_error("upstream", exc)
+            self._close_both()
+            return
+        if out.client:
+            self._to_client(out.client)
+        if not self.client_open and self.session.awaiting_upstream == 0:
+            self._close_upstream()
+
+    def upstream_lost(self) -> None:
+        if not self.upstream_open:
+            return
+        self.upstream_open = False
+        self.proxy.metrics.upstream_connections.dec()
+        if self._drain_timer is not None:
+            self._drain_timer.cancel()
+        if self.client_open and self.client is not None:
+            if self.session.awaiting_upstream:
+                log.warning(
+                    "upstream closed with requests in flight",
+                    extra={"peer": self.peer, "reason": f"{self.session.awaiting_upstream} "
+                           "requests unanswered"},
+                )
+            self.client.close()
+        self.proxy.links.discard(self)
+
+    def _release_upstream(self) -> None:
+        """The client is gone: read the responses still in flight (bounded), then close."""
+        if not self.upstream_open:
+            self.proxy.links.discard(self)
+            return
+        if self.session.awaiting_upstream == 0:
+            self._close_upstream()
+            return
+        self._drain_timer = asyncio.get_running_loop().call_later(
+            self.proxy.config.drain_timeout, self._close_upstream
+        )
+
+    def _close_upstream(self) -> None:
+        if self.upstream is not None and self.upstream_open:
+            self.upstream.close()
+
+    def _close_both(self) -> None:
+        if self.client is not None:
+            self.client.abort()
+        if self.upstream is not None:
+            self.upstream.abort()
+
+    def _note_error(self, side: str, exc: ProxyError) -> None:
+        reason = type(exc).__name__
+        self.proxy.metrics.connection_errors.labels(reason).inc()
+        log.warning(
+            "closing connection: %s sent bad data: %s",
+            side,
+            exc.reason,
+            extra={"peer": self.peer, "reason": reason},
+        )
+
+    # -- flow control -----------------------------------------------------
+
+    def pause(self, side: str) -> None:
+        other = self.upstream if side == "client" else self.client
+        if other is not None:
+            with contextlib.suppress(RuntimeError):
+                other.pause_reading()
+
+    def resume(self, side: str) -> None:
+        other = self.upstream if side == "client" else self.client
+        if other is not None:
+            with contextlib.suppress(RuntimeError):
+                other.resume_reading()
+
+
+class _ClientProtocol(asyncio.Protocol):
+    def __init__(self, link: _Link) -> None:
+        self.link = link
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.link.client_made(transport)
+
+    def data_received(self, data: bytes) -> None:
+        self.link.client_data(data)
+
+    def eof_received(self) -> bool | None:
+        self.link.client_eof()
+        return None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.link.client_lost()
+
+    def pause_writing(self) -> None:
+        self.link.pause("client")
+
+    def resume_writing(self) -> None:
+        self.link.resume("client")
+
+
+class _UpstreamProtocol(asyncio.Protocol):
+    def __init__(self, link: _Link) -> None:
+        self.link = link
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.link.upstream_made(transport)
+
+    def data_received(self, data: bytes) -> None:
+        self.link.upstream_data(data)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.link.upstream_lost()
+
+    def pause_writing(self) -> None:
+        self.link.pause("upstream")
+
+    def resume_writing(self) -> None:
+        self.link.resume("upstream")
+
+
+class Proxy:
+    """A running proxy: the bootstrap listener, one listener per upstream broker, the links."""
+
+    def __init__(self, config: ProxyConfig, metrics: Metrics | None = None) -> None:
+        self.config = config
+        self.metrics = metrics or Metrics()
+        self.tasks = TaskSet()
+        self.links: set[_Link] = set()
+        self.directory = BrokerDirectory(
+            advertised_host=config.advertised_host,
+            port_base=config.broker_port_base,
+            on_new_broker=self._open_broker_listener,
+        )
+        self._servers: list[asyncio.Server] = []
+        self._http: asyncio.Server | None = None
+        self.bootstrap_address: Address | None = None
+
+    async def start(self) -> None:
+        """Bind the bootstrap listener (and the metrics port when configured)."""
+        listen = self.config.listen
+        bootstrap = [Address(a.host, a.port) for a in self.config.upstream]
+        server = await asyncio.get_running_loop().create_server(
+            lambda: _ClientProtocol(_Link(self, bootstrap, "bootstrap")),
+            listen.host,
+            listen.port,
+            reuse_address=True,
+        )
+        self._servers.append(server)
+        sockname = server.sockets[0].getsockname()
+        self.bootstrap_address = Address(listen.host, int(sockname[1]))
+        if self.config.metrics_listen is not None:
+            from proxy.server.http import start_http
+
+            self._http = await start_http(self, self.config.metrics_listen)
+        log.info(
+            "listening",
+            extra={
+                "listen": str(self.bootstrap_address),
+                "upstream": ",".join(str(a) for a in bootstrap),
+            },
+        )
+
+    def _open_broker_listener(self, node_id: int, upstream: Address) -> None:
+        """Bind broker node_id's listener now, so it accepts before its address reaches a client."""
+        port = self.directory.listener_port(node_id)
+        host = self.config.listen.host
+        try:
+            sock = _bind(host, port)
+        except OSError as exc:
+            self.metrics.connection_errors.labels("listener_bind").inc()
+            log.error(
+                "cannot open the listener for broker %d on %s: %s", node_id, Address(host, port), exc
+            )
+            return
+        self.tasks.spawn(self._serve_broker(node_id, sock), name=f"listener {node_id}")
+        log.info(
+            "broker listener opened",
+            extra={"node_id": node_id, "listen": str(Address(host, port)), "upstream": str(upstream)},
+        )
+
+    async def _serve_broker(self, node_id: int, sock: socket.socket) -> None:
+        def factory() -> _ClientProtocol:
+            target = self.directory.upstream(node_id)
+            return _ClientProtocol(
+                _Link(self, [target] if target else [], f"broker {node_id}")
+            )
+
+        server = await asyncio.get_running_loop().create_server(factory, sock=sock)
+        self._servers.append(server)
+
+    async def close(self) -> None:
+        """Stop listening, close every connection and background task."""
+        for server in self._servers:
+            server.close()
+        if self._http is not None:
+            self._http.close()
+        for link in list(self.links):
+            link._close_both()
+        await self.tasks.cancel_all()
+        for server in self._servers:
+            with contextlib.suppress(Exception):
+                await server.wait_closed()
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    family, kind, proto, _, addr = infos[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(addr)
+        sock.listen(1024)
+        sock.setblocking(False)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+async def serve(config: ProxyConfig) -> None:
+    """Run the proxy until SIGINT or SIGTERM."""
+    proxy = Proxy(config)
+    await proxy.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("shutting down")
+    await proxy.close()
+
+
+def run(config: ProxyConfig) -> None:
+    """Blocking entry point used by the command line (uvloop when installed)."""
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(serve(config))
+    else:
+        uvloop.run(serve(config))
+
+

@@ -1,0 +1,66 @@
+"""The management port: Prometheus exposition at /metrics and liveness at /livez.
+
+A small HTTP/1.1 handler on the proxy's own event loop (prometheus-client's
+start_http_server runs a thread and serves metrics on every path).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import TYPE_CHECKING
+
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+if TYPE_CHECKING:
+    from proxy.config import HostPort
+    from proxy.server.app import Proxy
+
+log = logging.getLogger("idemproxy.http")
+
+_MAX_REQUEST_HEAD = 8192
+
+
+def _response(status: str, body: bytes, content_type: str = "text/plain; charset=utf-8") -> bytes:
+    head = (
+        f"HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\n"
+        f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+    )
+    return head.encode("ascii") + body
+
+
+def route(proxy: Proxy, method: str, path: str) -> bytes:
+    """The response for one request line (pure apart from reading metrics)."""
+    path = path.split("?", 1)[0]
+    if method not in ("GET", "HEAD"):
+        return _response("405 Method Not Allowed", b"method not allowed\n")
+    if path == "/metrics":
+        return _response("200 OK", generate_latest(proxy.metrics.registry), CONTENT_TYPE_LATEST)
+    if path == "/livez":
+        return _response("200 OK", b"ok\n")
+    return _response("404 Not Found", b"not found\n")
+
+
+async def start_http(proxy: Proxy, listen: HostPort) -> asyncio.Server:
+    """Serve the management endpoints on listen."""
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            async with asyncio.timeout(10):
+                head = await reader.readuntil(b"\r\n\r\n")
+            if len(head) > _MAX_REQUEST_HEAD:
+                raise ValueError("request head too large")
+            method, path, _ = head.split(b"\r\n", 1)[0].decode("latin-1").split(" ", 2)
+            writer.write(route(proxy, method, path))
+            await writer.drain()
+        except (ValueError, TimeoutError, asyncio.IncompleteReadError, ConnectionError) as exc:
+            log.debug("bad management request: %s", exc)
+        finally:
+            writer.close()
+            with contextlib.suppress(ConnectionError):
+                await writer.wait_closed()
+
+    return await asyncio.start_server(
+        handle, listen.host, listen.port, limit=_MAX_REQUEST_HEAD, reuse_address=True
+    )

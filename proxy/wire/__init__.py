@@ -1,0 +1,1 @@
+"""Kafka wire format: framing, header peeking, record batch header views, message codecs."""
