@@ -22,24 +22,43 @@ log = logging.getLogger("idemproxy.http")
 _MAX_REQUEST_HEAD = 8192
 
 
-def _response(status: str, body: bytes, content_type: str = "text/plain; charset=utf-8") -> bytes:
+def _response(
+    status: str,
+    body: bytes,
+    *,
+    head_only: bool,
+    content_type: str = "text/plain; charset=utf-8",
+    extra: str = "",
+) -> bytes:
     head = (
         f"HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\n"
-        f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+        f"Content-Length: {len(body)}\r\n{extra}Connection: close\r\n\r\n"
     )
-    return head.encode("ascii") + body
+    # A response to HEAD carries the headers of the GET response and no content (RFC 9110 9.3.2).
+    return head.encode("ascii") + (b"" if head_only else body)
 
 
 def route(proxy: Proxy, method: str, path: str) -> bytes:
     """The response for one request line (pure apart from reading metrics)."""
     path = path.split("?", 1)[0]
+    head_only = method == "HEAD"
     if method not in ("GET", "HEAD"):
-        return _response("405 Method Not Allowed", b"method not allowed\n")
+        return _response(
+            "405 Method Not Allowed",
+            b"method not allowed\n",
+            head_only=False,
+            extra="Allow: GET, HEAD\r\n",
+        )
     if path == "/metrics":
-        return _response("200 OK", generate_latest(proxy.metrics.registry), CONTENT_TYPE_LATEST)
+        return _response(
+            "200 OK",
+            generate_latest(proxy.metrics.registry),
+            head_only=head_only,
+            content_type=CONTENT_TYPE_LATEST,
+        )
     if path == "/livez":
-        return _response("200 OK", b"ok\n")
-    return _response("404 Not Found", b"not found\n")
+        return _response("200 OK", b"ok\n", head_only=head_only)
+    return _response("404 Not Found", b"not found\n", head_only=head_only)
 
 
 async def start_http(proxy: Proxy, listen: HostPort) -> asyncio.Server:

@@ -18,8 +18,50 @@ from kafka.protocol.metadata.find_coordinator import (
 )
 from kafka.protocol.producer import ProduceRequest, ProduceResponse
 
+from kafka.protocol.schemas.fields.codecs import TaggedFields
+from kafka.protocol.schemas.fields.codecs.types import UnsignedVarInt32
+
 from proxy.errors import DecodeError, UnsupportedVersion
 from proxy.wire.apis import ApiKey
+
+
+def _keep_unknown_tags() -> None:
+    """Make kafka-python re-encode the tagged fields it does not know.
+
+    KIP-482 lets a broker add tagged fields to an existing version; kafka-python
+    keeps them in `unknown_tags` ("_<tag>" -> raw bytes) when decoding but drops
+    them when encoding. A proxy that rewrites a response must not remove them, so
+    tags are re-emitted in ascending order with the known ones, as Kafka requires.
+    """
+    original = TaggedFields.encode_into
+    if getattr(original, "_idemproxy", False):
+        return
+
+    def encode_into(self: Any, item: Any, out: Any, version: int | None = None) -> None:
+        unknown = getattr(item, "unknown_tags", None)
+        if not unknown:
+            original(self, item, out, version=version)
+            return
+        tags: list[tuple[int, bytes]] = [(int(name[1:]), raw) for name, raw in unknown.items()]
+        for name, field in self._names.items():
+            value = getattr(item, name, field.default)
+            if value != field.default:
+                encoded = field.encode(value, version=version, compact=True, tagged=None)
+                tags.append((field.tag, bytes(encoded)))
+        tags.sort()
+        UnsignedVarInt32.encode_into(out, len(tags))
+        for tag, raw in tags:
+            UnsignedVarInt32.encode_into(out, tag)
+            UnsignedVarInt32.encode_into(out, len(raw))
+            out.ensure(len(raw))
+            out.buf[out.pos : out.pos + len(raw)] = raw
+            out.pos += len(raw)
+
+    encode_into._idemproxy = True  # type: ignore[attr-defined]
+    TaggedFields.encode_into = encode_into
+
+
+_keep_unknown_tags()
 
 # API key -> (request class, response class) for every API whose bodies the proxy reads.
 _MESSAGES: dict[int, tuple[Any, Any]] = {
