@@ -1,1 +1,1 @@
-"""Routing: which upstream broker each listener fronts, and rewriting the addresses brokers hand out."""
+"""Routing: the broker behind each listener, and rewriting the addresses brokers hand out."""

@@ -15,10 +15,12 @@ import signal
 import socket
 import time
 from collections.abc import Coroutine
-from typing import Any
+from typing import Any, cast
 
 from proxy.config import ProxyConfig
 from proxy.errors import ProxyError
+from proxy.idempotence.engine import IdempotenceEngine
+from proxy.idempotence.produce import ProduceCoordinator
 from proxy.routing.directory import Address, BrokerDirectory
 from proxy.routing.session import Session
 from proxy.server.metrics import Metrics
@@ -69,6 +71,8 @@ class _Link:
             max_frame_bytes=proxy.config.max_frame_bytes,
             observer=proxy.metrics,
             clock=time.monotonic,
+            produce=proxy.produce,
+            on_client_output=self._to_client,
         )
         self.client: asyncio.Transport | None = None
         self.upstream: asyncio.Transport | None = None
@@ -76,6 +80,9 @@ class _Link:
         self.client_open = False
         self.upstream_open = False
         self._drain_timer: asyncio.TimerHandle | None = None
+        #: Frames for the broker that arrived before the upstream connection was up
+        #: (reading is paused meanwhile, but a transport may deliver what it already read).
+        self._early: list[bytes] = []
 
     # -- client side ------------------------------------------------------
 
@@ -96,8 +103,11 @@ class _Link:
         except ProxyError as exc:
             self._refuse(exc)
             return
-        if out.upstream and self.upstream is not None:
-            self.upstream.writelines(out.upstream)
+        if out.upstream:
+            if self.upstream is not None:
+                self.upstream.writelines(out.upstream)
+            else:
+                self._early.extend(out.upstream)
         if out.client:
             self._to_client(out.client)
 
@@ -158,6 +168,9 @@ class _Link:
         if not self.client_open:
             transport.close()
             return
+        if self._early:
+            transport.writelines(self._early)
+            self._early.clear()
         if self.client is not None:
             self.client.resume_reading()
 
@@ -178,14 +191,15 @@ class _Link:
             return
         self.upstream_open = False
         self.proxy.metrics.upstream_connections.dec()
+        unanswered = self.session.awaiting_upstream
+        self.session.abandon()
         if self._drain_timer is not None:
             self._drain_timer.cancel()
         if self.client_open and self.client is not None:
-            if self.session.awaiting_upstream:
+            if unanswered:
                 log.warning(
                     "upstream closed with requests in flight",
-                    extra={"peer": self.peer, "reason": f"{self.session.awaiting_upstream} "
-                           "requests unanswered"},
+                    extra={"peer": self.peer, "reason": f"{unanswered} requests unanswered"},
                 )
             self.client.close()
         self.proxy.links.discard(self)
@@ -242,8 +256,8 @@ class _ClientProtocol(asyncio.Protocol):
         self.link = link
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.link.client_made(transport)
+        # uvloop's transports implement asyncio.Transport without subclassing it.
+        self.link.client_made(cast(asyncio.Transport, transport))
 
     def data_received(self, data: bytes) -> None:
         self.link.client_data(data)
@@ -267,8 +281,7 @@ class _UpstreamProtocol(asyncio.Protocol):
         self.link = link
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.link.upstream_made(transport)
+        self.link.upstream_made(cast(asyncio.Transport, transport))
 
     def data_received(self, data: bytes) -> None:
         self.link.upstream_data(data)
@@ -289,6 +302,18 @@ class Proxy:
     def __init__(self, config: ProxyConfig, metrics: Metrics | None = None) -> None:
         self.config = config
         self.metrics = metrics or Metrics()
+        self.engine = IdempotenceEngine(
+            max_entries=config.max_producer_states, expiry_ms=config.producer_state_expiry
+        )
+        self.produce = ProduceCoordinator(
+            self.engine,
+            policy=config.non_idempotent,
+            observer=self.metrics,
+            clock_ms=lambda: int(time.time() * 1000),
+        )
+        self.metrics.watch_producer_state(
+            lambda: self.engine.entries, lambda: self.engine.evictions
+        )
         self.tasks = TaskSet()
         self.links: set[_Link] = set()
         self.directory = BrokerDirectory(
@@ -334,21 +359,26 @@ class Proxy:
         except OSError as exc:
             self.metrics.connection_errors.labels("listener_bind").inc()
             log.error(
-                "cannot open the listener for broker %d on %s: %s", node_id, Address(host, port), exc
+                "cannot open the listener for broker %d on %s: %s",
+                node_id,
+                Address(host, port),
+                exc,
             )
             return
         self.tasks.spawn(self._serve_broker(node_id, sock), name=f"listener {node_id}")
         log.info(
             "broker listener opened",
-            extra={"node_id": node_id, "listen": str(Address(host, port)), "upstream": str(upstream)},
+            extra={
+                "node_id": node_id,
+                "listen": str(Address(host, port)),
+                "upstream": str(upstream),
+            },
         )
 
     async def _serve_broker(self, node_id: int, sock: socket.socket) -> None:
         def factory() -> _ClientProtocol:
             target = self.directory.upstream(node_id)
-            return _ClientProtocol(
-                _Link(self, [target] if target else [], f"broker {node_id}")
-            )
+            return _ClientProtocol(_Link(self, [target] if target else [], f"broker {node_id}"))
 
         server = await asyncio.get_running_loop().create_server(factory, sock=sock)
         self._servers.append(server)
@@ -404,5 +434,3 @@ def run(config: ProxyConfig) -> None:
         asyncio.run(serve(config))
     else:
         uvloop.run(serve(config))
-
-

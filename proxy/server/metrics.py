@@ -7,9 +7,12 @@ label), never a producer id, client port or correlation id.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Iterator
 
 from kafka.protocol.api_key import ApiKey as KafkaApiKey
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
 
 from proxy import __version__
 
@@ -43,7 +46,9 @@ class Metrics:
             "idemproxy_upstream_connections", "Open connections to upstream brokers.", registry=r
         )
         self.connections_total = Counter(
-            "idemproxy_client_connections_accepted_total", "Client connections accepted.", registry=r
+            "idemproxy_client_connections_accepted_total",
+            "Client connections accepted.",
+            registry=r,
         )
         self.connection_errors = Counter(
             "idemproxy_connection_errors_total",
@@ -52,7 +57,9 @@ class Metrics:
             registry=r,
         )
         self.requests = Counter(
-            "idemproxy_requests_total", "Requests received from clients, by API.", ["api"],
+            "idemproxy_requests_total",
+            "Requests received from clients, by API.",
+            ["api"],
             registry=r,
         )
         self.bytes = Counter(
@@ -68,6 +75,24 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
+        self.produce_batches = Counter(
+            "idemproxy_produce_batches_total",
+            "Produce record batches by what the proxy did with them.",
+            ["result"],
+            registry=r,
+        )
+        self.produce_records = Counter(
+            "idemproxy_produce_records_total",
+            "Records in produce batches, by what the proxy did with their batch.",
+            ["result"],
+            registry=r,
+        )
+        self.non_idempotent_batches = Counter(
+            "idemproxy_non_idempotent_batches_total",
+            "Batches without a producer id, by the policy applied (pass or reject).",
+            ["action"],
+            registry=r,
+        )
         self._request_bytes = self.bytes.labels("request")
         self._response_bytes = self.bytes.labels("response")
         self._by_api: dict[int, tuple[Counter, Histogram]] = {}
@@ -80,6 +105,20 @@ class Metrics:
             self._by_api[api_key] = children
         return children
 
+    def watch_producer_state(
+        self, entries: Callable[[], int], evictions: Callable[[], int]
+    ) -> None:
+        """Export the idempotence engine's size and eviction count, read at scrape time."""
+        self.registry.register(_StateCollector(entries, evictions))
+
+    # ProduceObserver protocol of proxy.idempotence.produce
+    def produce_batch(self, result: str, records: int) -> None:
+        self.produce_batches.labels(result).inc()
+        self.produce_records.labels(result).inc(records)
+
+    def non_idempotent(self, action: str) -> None:
+        self.non_idempotent_batches.labels(action).inc()
+
     # Observer protocol of proxy.routing.session
     def request(self, api_key: int, size: int) -> None:
         self._api(api_key)[0].inc()
@@ -88,3 +127,21 @@ class Metrics:
     def response(self, api_key: int, size: int, started: float) -> None:
         self._api(api_key)[1].observe(time.monotonic() - started)
         self._response_bytes.inc(size)
+
+
+class _StateCollector(Collector):
+    def __init__(self, entries: Callable[[], int], evictions: Callable[[], int]) -> None:
+        self._entries = entries
+        self._evictions = evictions
+
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+        yield GaugeMetricFamily(
+            "idemproxy_producer_state_entries",
+            "Producer-partitions whose recent batches the proxy remembers.",
+            value=self._entries(),
+        )
+        yield CounterMetricFamily(
+            "idemproxy_producer_state_evictions",
+            "Producer-partition states dropped to stay under the cap or after idle expiry.",
+            value=self._evictions(),
+        )
