@@ -92,7 +92,7 @@ class ProxyConfig:
     non_idempotent: NonIdempotentPolicy = "pass"
     """What to do with produce requests from non-idempotent producers."""
     max_producer_states: int = 100_000
-    """Most producer ids tracked at once."""
+    """Most producer-partitions (producer id, topic, partition) tracked at once."""
     producer_state_expiry: int = 86_400_000
     """Milliseconds of inactivity after which a producer's state is forgotten
     (like the broker's ``producer.id.expiration.ms``)."""
@@ -371,7 +371,8 @@ OPTIONS: dict[str, Option] = {
             "max_producer_states",
             _integer(1, 2**63 - 1),
             "COUNT",
-            f"Most producer ids tracked [default: {_default('max_producer_states')}].",
+            "Most producer-partitions tracked; the least recently used is evicted "
+            f"[default: {_default('max_producer_states')}].",
         ),
         Option(
             "producer_state_expiry",

@@ -107,12 +107,16 @@ class KafkaCluster(Cluster):
         config: Mapping[str, ConfigValue] | None = None,
         jvm_opts: Sequence[str] = (),
         start_timeout: float | None = None,
+        advertised_host: str = HOST,
     ) -> None:
+        """advertised_host: the address brokers hand out (another loopback address puts a
+        relay of the test's, such as integration.faults, in front of every broker port)."""
         if nodes < 1:
             raise ValueError("nodes must be >= 1")
         self.size = nodes
         self.heap = heap
         self.extra_config = dict(config or {})
+        self.advertised_host = advertised_host
         self.jvm_opts = [*jvm_opts, *shlex.split(os.environ.get("IDEMPROXY_KAFKA_JVM_OPTS", ""))]
         self.start_timeout = start_timeout if start_timeout is not None else _start_timeout()
         self.cluster_id = new_cluster_id()
@@ -220,7 +224,7 @@ class KafkaCluster(Cluster):
             "node.id": node.node_id,
             "controller.quorum.voters": voters,
             "listeners": f"PLAINTEXT://{HOST}:{node.port},CONTROLLER://{HOST}:{node.controller_port}",
-            "advertised.listeners": f"PLAINTEXT://{HOST}:{node.port}",
+            "advertised.listeners": f"PLAINTEXT://{self.advertised_host}:{node.port}",
             "controller.listener.names": "CONTROLLER",
             "inter.broker.listener.name": "PLAINTEXT",
             "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",

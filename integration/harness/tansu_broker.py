@@ -90,7 +90,14 @@ class TansuCluster(Cluster):
     kind = "tansu"
     features = frozenset({"consumer_groups", "idempotence"})
 
-    def __init__(self, *, start_timeout: float = 30.0, cluster_id: str = "idemproxy-tansu") -> None:
+    def __init__(
+        self,
+        *,
+        start_timeout: float = 30.0,
+        cluster_id: str = "idemproxy-tansu",
+        advertised_host: str = HOST,
+    ) -> None:
+        self.advertised_host = advertised_host
         self.binary = tansu_binary()
         self.port = _proc.free_ports(1)[0]
         self.cluster_id = cluster_id
@@ -160,7 +167,7 @@ class TansuCluster(Cluster):
             str(self.binary), "broker",
             "--cluster-id", self.cluster_id,
             "--listener-url", url,
-            "--advertised-listener-url", url,
+            "--advertised-listener-url", f"tcp://{self.advertised_host}:{self.port}",
             "--storage-engine", "memory://tansu/",
         ]  # fmt: skip
         # Its clap options also read env vars (CLUSTER_ID, LISTENER_URL, ...): pass only ours.

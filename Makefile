@@ -1,0 +1,31 @@
+# The two commands of the README. Each installs what it needs first.
+PYTHON ?= python3
+PIP ?= $(PYTHON) -m pip
+
+.PHONY: install demo test lint unit integration
+
+install:
+	$(PIP) install --quiet --upgrade pip
+	$(PIP) install --quiet -e '.[test,fast]'
+	$(PYTHON) -m integration.harness.kafka_dist
+
+# The main job: a real Apache Kafka broker, the proxy in front of it, a producer
+# and a consumer going through the proxy.
+demo: install
+	$(PYTHON) -m integration.demo
+
+lint:
+	$(PYTHON) -m ruff check proxy tests integration
+	$(PYTHON) -m ruff format --check proxy tests integration
+	$(PYTHON) -m mypy
+
+unit:
+	$(PYTHON) -m pytest tests -q -p no:cacheprovider
+
+# Integration tests against Apache Kafka (JVM from Maven Central jars) and Tansu;
+# IDEMPROXY_TEST_BROKER=testcontainers uses Docker where an engine answers.
+integration:
+	IDEMPROXY_TEST_BROKER=$${IDEMPROXY_TEST_BROKER:-kafka} $(PYTHON) -m pytest integration -q -p no:cacheprovider
+
+# The whole test suite.
+test: install lint unit integration

@@ -1,0 +1,195 @@
+"""Produce and consume with each real client library, the same way for every test.
+
+Every helper takes a bootstrap address (the proxy's in these tests) and returns
+what it read or how many records the broker acknowledged, so tests compare counts
+and values instead of trusting a client's own success flag.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from typing import Any
+
+from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
+from kafka.admin import NewTopic
+
+
+def payloads(n: int, tag: str = "") -> list[bytes]:
+    """n distinct values, so duplicates and losses are countable on read-back."""
+    tag = tag or uuid.uuid4().hex[:8]
+    return [f"{tag}-{i:06d}".encode() for i in range(n)]
+
+
+def kafka_python_produce(bootstrap: str, topic: str, values: list[bytes], **config: Any) -> int:
+    producer = KafkaProducer(
+        bootstrap_servers=bootstrap, enable_idempotence=True, acks="all", linger_ms=5, **config
+    )
+    try:
+        futures = [producer.send(topic, v) for v in values]
+        producer.flush(timeout=60)
+        return sum(1 for f in futures if f.succeeded())
+    finally:
+        producer.close(timeout=10)
+
+
+def kafka_python_consume(
+    bootstrap: str, topic: str, expected: int, *, group_id: str | None = None, timeout: float = 60
+) -> list[bytes]:
+    consumer = KafkaConsumer(
+        topic,
+        bootstrap_servers=bootstrap,
+        group_id=group_id,
+        auto_offset_reset="earliest",
+        enable_auto_commit=group_id is not None,
+        consumer_timeout_ms=3000,
+    )
+    got: list[bytes] = []
+    deadline = time.monotonic() + timeout
+    try:
+        while len(got) < expected and time.monotonic() < deadline:
+            got.extend(m.value for m in consumer)
+        if group_id is not None:
+            consumer.commit()
+        return got
+    finally:
+        consumer.close()
+
+
+def kafka_python_known_brokers(bootstrap: str) -> list[tuple[int, str, int]]:
+    """The broker addresses a client learns from Metadata (through the proxy: the proxy's)."""
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap)
+    try:
+        consumer.topics()
+        return sorted((b.node_id, b.host, b.port) for b in consumer._client.cluster.brokers())
+    finally:
+        consumer.close()
+
+
+def kafka_python_create_topic(
+    bootstrap: str, topic: str, partitions: int, replication: int
+) -> None:
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+    try:
+        admin.create_topics([NewTopic(topic, partitions, replication)])
+    finally:
+        admin.close()
+
+
+async def _aiokafka_produce(bootstrap: str, topic: str, values: list[bytes], **config: Any) -> int:
+    from aiokafka import AIOKafkaProducer
+
+    producer = AIOKafkaProducer(
+        bootstrap_servers=bootstrap, enable_idempotence=True, acks="all", **config
+    )
+    await producer.start()
+    try:
+        futures = [await producer.send(topic, v) for v in values]
+        results = await asyncio.gather(*futures, return_exceptions=True)
+        return sum(1 for r in results if not isinstance(r, BaseException))
+    finally:
+        await producer.stop()
+
+
+async def _aiokafka_consume(
+    bootstrap: str, topic: str, expected: int, group_id: str | None, wait: float
+) -> list[bytes]:
+    from aiokafka import AIOKafkaConsumer
+
+    consumer = AIOKafkaConsumer(
+        topic, bootstrap_servers=bootstrap, group_id=group_id, auto_offset_reset="earliest"
+    )
+    await consumer.start()
+    got: list[bytes] = []
+    try:
+        deadline = time.monotonic() + wait
+        while len(got) < expected and time.monotonic() < deadline:
+            batch = await consumer.getmany(timeout_ms=1000)
+            for records in batch.values():
+                got.extend(r.value for r in records if r.value is not None)
+        return got
+    finally:
+        await consumer.stop()
+
+
+def aiokafka_produce(bootstrap: str, topic: str, values: list[bytes], **config: Any) -> int:
+    return asyncio.run(_aiokafka_produce(bootstrap, topic, values, **config))
+
+
+def aiokafka_consume(
+    bootstrap: str, topic: str, expected: int, *, group_id: str | None = None, timeout: float = 60
+) -> list[bytes]:
+    return asyncio.run(_aiokafka_consume(bootstrap, topic, expected, group_id, timeout))
+
+
+def confluent_produce(
+    bootstrap: str, topic: str, values: list[bytes], **config: Any
+) -> tuple[int, list[str]]:
+    """librdkafka's idempotent producer; returns (acknowledged, errors)."""
+    from confluent_kafka import Producer
+
+    acked = 0
+    errors: list[str] = []
+
+    def report(err: Any, _msg: Any) -> None:
+        nonlocal acked
+        if err is None:
+            acked += 1
+        else:
+            errors.append(str(err))
+
+    producer = Producer(
+        {"bootstrap.servers": bootstrap, "enable.idempotence": True, "linger.ms": 5, **config}
+    )
+    for v in values:
+        while True:
+            try:
+                producer.produce(topic, v, on_delivery=report)
+                break
+            except BufferError:
+                producer.poll(0.1)
+        producer.poll(0)
+    remaining = producer.flush(60)
+    if remaining:
+        errors.append(f"{remaining} messages still queued after flush")
+    return acked, errors
+
+
+def confluent_consume(
+    bootstrap: str, topic: str, expected: int, *, group_id: str | None = None, timeout: float = 60
+) -> list[bytes]:
+    from confluent_kafka import Consumer
+
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": group_id or f"reader-{uuid.uuid4().hex[:8]}",
+            "auto.offset.reset": "earliest",
+            "enable.auto.commit": group_id is not None,
+        }
+    )
+    consumer.subscribe([topic])
+    got: list[bytes] = []
+    try:
+        deadline = time.monotonic() + timeout
+        while len(got) < expected and time.monotonic() < deadline:
+            msg = consumer.poll(0.5)
+            if msg is None or msg.error():
+                continue
+            value = msg.value()
+            if value is not None:
+                got.append(value)
+        return got
+    finally:
+        consumer.close()
+
+
+def confluent_create_topic(bootstrap: str, topic: str, partitions: int, replication: int) -> None:
+    from confluent_kafka.admin import AdminClient
+    from confluent_kafka.admin import NewTopic as CNewTopic
+
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    futures = admin.create_topics([CNewTopic(topic, partitions, replication)])
+    for future in futures.values():
+        future.result(30)

@@ -1,0 +1,222 @@
+"""A Kafka-aware TCP relay that loses produce acknowledgements: the seed's failure, on demand.
+
+It sits in front of a set of ports (every broker's, or every proxy listener's) on
+another loopback address, forwards bytes both ways, and can drop a Produce
+response after the broker has written the batch, resetting the client's
+connection (RST) and closing the server side. The producer never learns the
+outcome and retries: exactly the retry idempotence must absorb.
+
+It also counts what passes towards the server: every produce batch identity
+(producer id, epoch, first sequence, partition) seen, so a test can tell whether
+a retried batch reached the broker.
+
+Independent of the proxy's code on purpose: frames are split here and bodies
+decoded with kafka-python, so a bug in the proxy's parser cannot hide itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import socket
+import struct
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from kafka.protocol.producer import ProduceRequest
+
+PRODUCE = 0
+_HDR = struct.Struct(">hhi")
+
+
+@dataclass
+class RelayStats:
+    produce_requests: int = 0
+    #: (topic, partition, producer id, epoch, base sequence) -> times it reached the server side
+    batches: collections.Counter[tuple[str, int, int, int, int]] = field(
+        default_factory=collections.Counter
+    )
+    acks_dropped: int = 0
+    connections: int = 0
+
+    @property
+    def duplicate_batches(self) -> int:
+        """Batches that reached the server more than once (a retry got through)."""
+        return sum(n - 1 for n in self.batches.values() if n > 1)
+
+
+def _batch_ids(version: int, body: bytes) -> list[tuple[str, int, int, int, int]]:
+    req = ProduceRequest.decode(body, version=version, header=True)
+    ids = []
+    for topic in req.topic_data:
+        name = str(topic.topic_id) if version >= 13 else topic.name
+        for part in topic.partition_data:
+            rec = part.records
+            if rec and len(rec) >= 61:
+                pid, epoch, seq = struct.unpack_from(">qhi", rec, 43)
+                ids.append((name, part.index, pid, epoch, seq))
+    return ids
+
+
+class _Frames:
+    def __init__(self) -> None:
+        self.buf = bytearray()
+
+    def feed(self, data: bytes) -> list[bytes]:
+        self.buf += data
+        out = []
+        while len(self.buf) >= 4:
+            (size,) = struct.unpack_from(">i", self.buf, 0)
+            if len(self.buf) < 4 + size:
+                break
+            out.append(bytes(self.buf[: 4 + size]))
+            del self.buf[: 4 + size]
+        return out
+
+
+class LostAckRelay:
+    """Relays listen_host:port -> target_host:port for each port; drops produce acks on demand."""
+
+    def __init__(self, listen_host: str, target_host: str, ports: list[int]) -> None:
+        self.listen_host = listen_host
+        self.target_host = target_host
+        self.ports = list(ports)
+        self.stats = RelayStats()
+        self._drop_budget = 0
+        self._drop_every = 0
+        self._produce_acks_seen = 0
+        self._lock = threading.Lock()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._ready = threading.Event()
+        self._stop: asyncio.Event | None = None
+        self._error: BaseException | None = None
+
+    # -- fault control (thread-safe) -----------------------------------------
+
+    def drop_next_acks(self, n: int = 1) -> None:
+        """Drop the next n produce responses (each followed by a connection reset)."""
+        with self._lock:
+            self._drop_budget += n
+
+    def drop_every(self, k: int) -> None:
+        """Drop every k-th produce response from now on (0 turns it off)."""
+        with self._lock:
+            self._drop_every = k
+
+    def _should_drop(self) -> bool:
+        with self._lock:
+            self._produce_acks_seen += 1
+            if self._drop_budget > 0:
+                self._drop_budget -= 1
+                return True
+            return bool(self._drop_every) and self._produce_acks_seen % self._drop_every == 0
+
+    # -- lifecycle ------------------------------------------------------------
+
+    def start(self) -> LostAckRelay:
+        self._thread = threading.Thread(target=self._run, name="lost-ack-relay", daemon=True)
+        self._thread.start()
+        if not self._ready.wait(10):
+            raise RuntimeError("relay did not start")
+        if self._error is not None:
+            raise RuntimeError(f"relay failed to start: {self._error}")
+        return self
+
+    def stop(self) -> None:
+        if self._loop is not None and self._stop is not None:
+            self._loop.call_soon_threadsafe(self._stop.set)
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+
+    def __enter__(self) -> LostAckRelay:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def _run(self) -> None:
+        asyncio.run(self._main())
+
+    async def _main(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._stop = asyncio.Event()
+        servers = []
+        try:
+            for port in self.ports:
+                servers.append(
+                    await asyncio.start_server(
+                        self._handler(port), self.listen_host, port, reuse_address=True
+                    )
+                )
+        except OSError as exc:
+            self._error = exc
+            self._ready.set()
+            return
+        self._ready.set()
+        await self._stop.wait()
+        for server in servers:
+            server.close()
+
+    def _handler(self, port: int) -> Callable[[asyncio.StreamReader, asyncio.StreamWriter], object]:
+        async def handle(creader: asyncio.StreamReader, cwriter: asyncio.StreamWriter) -> None:
+            self.stats.connections += 1
+            try:
+                sreader, swriter = await asyncio.open_connection(self.target_host, port)
+            except OSError:
+                cwriter.close()
+                return
+            pending: collections.deque[int] = collections.deque()  # api key per awaited response
+
+            async def upstream() -> None:
+                frames = _Frames()
+                while data := await creader.read(65536):
+                    for f in frames.feed(data):
+                        api_key, version, _corr = _HDR.unpack_from(f, 4)
+                        expects = True
+                        if api_key == PRODUCE:
+                            self.stats.produce_requests += 1
+                            for batch in _batch_ids(version, f[4:]):
+                                self.stats.batches[batch] += 1
+                            acks = ProduceRequest.decode(f[4:], version=version, header=True).acks
+                            expects = acks != 0
+                        if expects:
+                            pending.append(api_key)
+                        swriter.write(f)
+                    await swriter.drain()
+                swriter.close()
+
+            async def downstream() -> None:
+                frames = _Frames()
+                while data := await sreader.read(65536):
+                    for f in frames.feed(data):
+                        api_key = pending.popleft() if pending else -1
+                        if api_key == PRODUCE and self._should_drop():
+                            self.stats.acks_dropped += 1
+                            _reset(cwriter)
+                            swriter.close()
+                            return
+                        cwriter.write(f)
+                    await cwriter.drain()
+                cwriter.close()
+
+            tasks = [asyncio.create_task(upstream()), asyncio.create_task(downstream())]
+            try:
+                await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for t in tasks:
+                    t.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
+                swriter.close()
+                cwriter.close()
+
+        return handle
+
+
+def _reset(writer: asyncio.StreamWriter) -> None:
+    """Close with RST (SO_LINGER 0), as a crashed peer or a middlebox timeout would."""
+    sock = writer.get_extra_info("socket")
+    if sock is not None:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    writer.transport.abort()
