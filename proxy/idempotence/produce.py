@@ -97,7 +97,9 @@ class ProducePlan:
 
 def _answer_for(outcome: Outcome) -> _Answer:
     if isinstance(outcome, Success):
-        return _Answer(NONE, outcome.base_offset, outcome.log_append_time_ms, outcome.log_start_offset)
+        return _Answer(
+            NONE, outcome.base_offset, outcome.log_append_time_ms, outcome.log_start_offset
+        )
     if isinstance(outcome, Failure):
         return _Answer(outcome.error_code)
     # The original's fate is unknown: a retriable error makes the client send again,
@@ -159,9 +161,7 @@ class ProduceCoordinator:
         for part in partitions:
             if part.waiting_on is not None:
                 plan.waits += 1
-                self._waiters.setdefault(part.waiting_on, []).append(
-                    _resolver(plan, part)
-                )
+                self._waiters.setdefault(part.waiting_on, []).append(_resolver(plan, part))
         return plan
 
     def _decide(
@@ -230,8 +230,9 @@ class ProduceCoordinator:
                 for part in topic.partition_responses:
                     outcomes[(key, part.index)] = part
                     if part.log_start_offset >= 0:
-                        self.engine.observe_log_start_offset((str(key), part.index),
-                                                             part.log_start_offset)
+                        self.engine.observe_log_start_offset(
+                            (str(key), part.index), part.log_start_offset
+                        )
         now = self._clock_ms()
         for part in plan.partitions:
             if part.ticket is None:

@@ -42,12 +42,17 @@ class Observer(Protocol):
 
     def response(self, api_key: int, size: int, started: float) -> None: ...
 
+    def upstream(self, api_key: int, started: float) -> None: ...
+
 
 class _NullObserver:
     def request(self, api_key: int, size: int) -> None:
         pass
 
     def response(self, api_key: int, size: int, started: float) -> None:
+        pass
+
+    def upstream(self, api_key: int, started: float) -> None:
         pass
 
 
@@ -202,6 +207,7 @@ class Session:
             )
         slot = self._awaiting.popleft()
         header = slot.header
+        self._observer.upstream(header.api_key, slot.started)
         if correlation_id != header.correlation_id:
             raise FrameError(
                 f"broker answered correlation id {correlation_id}, expected {header.correlation_id}"

@@ -23,9 +23,13 @@ from proxy.idempotence.engine import IdempotenceEngine
 from proxy.idempotence.produce import ProduceCoordinator
 from proxy.routing.directory import Address, BrokerDirectory
 from proxy.routing.session import Session
+from proxy.server.health import probe_upstream
 from proxy.server.metrics import Metrics
 
 log = logging.getLogger("idemproxy.server")
+
+_PROBE_CACHE_SECONDS = 2.0
+_PROBE_INTERVAL_SECONDS = 10.0
 
 
 class TaskSet:
@@ -128,6 +132,7 @@ class _Link:
     def _refuse(self, exc: ProxyError) -> None:
         """Bad input from the client: one log line, this connection closed, nothing else touched."""
         self._note_error("client", exc)
+        self.proxy.metrics.frames_refused.labels(type(exc).__name__).inc()
         if self.client is not None:
             self.client.abort()
 
@@ -185,6 +190,8 @@ class _Link:
             self._to_client(out.client)
         if not self.client_open and self.session.awaiting_upstream == 0:
             self._close_upstream()
+        if self.proxy.stopping:
+            self.proxy.note_answered()
 
     def upstream_lost(self) -> None:
         if not self.upstream_open:
@@ -203,6 +210,8 @@ class _Link:
                 )
             self.client.close()
         self.proxy.links.discard(self)
+        if self.proxy.stopping:
+            self.proxy.note_answered()
 
     def _release_upstream(self) -> None:
         """The client is gone: read the responses still in flight (bounded), then close."""
@@ -324,11 +333,16 @@ class Proxy:
         self._servers: list[asyncio.Server] = []
         self._http: asyncio.Server | None = None
         self.bootstrap_address: Address | None = None
+        self.upstream_targets = [Address(a.host, a.port) for a in config.upstream]
+        self.stopping = False
+        self._drained: asyncio.Event | None = None
+        self._upstream_problem: str | None = "not probed yet"
+        self._probed_at = -1e9
 
     async def start(self) -> None:
         """Bind the bootstrap listener (and the metrics port when configured)."""
         listen = self.config.listen
-        bootstrap = [Address(a.host, a.port) for a in self.config.upstream]
+        bootstrap = self.upstream_targets
         server = await asyncio.get_running_loop().create_server(
             lambda: _ClientProtocol(_Link(self, bootstrap, "bootstrap")),
             listen.host,
@@ -342,6 +356,7 @@ class Proxy:
             from proxy.server.http import start_http
 
             self._http = await start_http(self, self.config.metrics_listen)
+            self.tasks.spawn(self._watch_upstream(), name="upstream probe")
         log.info(
             "listening",
             extra={
@@ -383,6 +398,55 @@ class Proxy:
         server = await asyncio.get_running_loop().create_server(factory, sock=sock)
         self._servers.append(server)
 
+    async def readiness(self) -> str | None:
+        """None when ready (listening, upstream answers), else the reason it is not."""
+        if self.stopping:
+            return "shutting down"
+        if not self._servers or not self._servers[0].is_serving():
+            return "not listening"
+        if time.monotonic() - self._probed_at > _PROBE_CACHE_SECONDS:
+            await self._probe()
+        if self._upstream_problem is not None:
+            return f"upstream cluster does not answer: {self._upstream_problem}"
+        return None
+
+    async def _probe(self) -> None:
+        self._upstream_problem = await probe_upstream(
+            self.upstream_targets, min(self.config.connect_timeout, 5.0)
+        )
+        self._probed_at = time.monotonic()
+        self.metrics.upstream_up.set(0 if self._upstream_problem else 1)
+
+    async def _watch_upstream(self) -> None:
+        """Keep idemproxy_upstream_up current even when nobody asks /readyz."""
+        while True:
+            await self._probe()
+            await asyncio.sleep(_PROBE_INTERVAL_SECONDS)
+
+    def in_flight(self) -> int:
+        """Requests forwarded to brokers and not answered yet, over all connections."""
+        return sum(link.session.awaiting_upstream for link in self.links if link.upstream_open)
+
+    def note_answered(self) -> None:
+        """Called as responses arrive: wakes a shutdown waiting for requests in flight."""
+        if self._drained is not None and not self.in_flight():
+            self._drained.set()
+
+    async def shutdown(self, grace: float) -> None:
+        """Stop accepting, give requests in flight up to grace seconds to finish, then close."""
+        self.stopping = True
+        for server in self._servers:
+            server.close()
+        self._drained = asyncio.Event()
+        self.note_answered()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(grace):
+                await self._drained.wait()
+        left = self.in_flight()
+        if left:
+            log.warning("closing with requests still in flight", extra={"in_flight": left})
+        await self.close()
+
     async def close(self) -> None:
         """Stop listening, close every connection and background task."""
         for server in self._servers:
@@ -422,8 +486,9 @@ async def serve(config: ProxyConfig) -> None:
         with contextlib.suppress(NotImplementedError):
             loop.add_signal_handler(sig, stop.set)
     await stop.wait()
-    log.info("shutting down")
-    await proxy.close()
+    log.info("shutting down", extra={"in_flight": proxy.in_flight()})
+    await proxy.shutdown(config.shutdown_timeout)
+    log.info("stopped")
 
 
 def run(config: ProxyConfig) -> None:

@@ -1,4 +1,4 @@
-"""The management port: Prometheus exposition at /metrics and liveness at /livez.
+"""The management port: Prometheus exposition at /metrics, /livez and /readyz.
 
 A small HTTP/1.1 handler on the proxy's own event loop (prometheus-client's
 start_http_server runs a thread and serves metrics on every path).
@@ -38,8 +38,8 @@ def _response(
     return head.encode("ascii") + (b"" if head_only else body)
 
 
-def route(proxy: Proxy, method: str, path: str) -> bytes:
-    """The response for one request line (pure apart from reading metrics)."""
+def route(proxy: Proxy, method: str, path: str, not_ready: str | None = None) -> bytes:
+    """The response for one request line; not_ready is the readiness verdict for /readyz."""
     path = path.split("?", 1)[0]
     head_only = method == "HEAD"
     if method not in ("GET", "HEAD"):
@@ -58,6 +58,12 @@ def route(proxy: Proxy, method: str, path: str) -> bytes:
         )
     if path == "/livez":
         return _response("200 OK", b"ok\n", head_only=head_only)
+    if path == "/readyz":
+        if not_ready is None:
+            return _response("200 OK", b"ready\n", head_only=head_only)
+        return _response(
+            "503 Service Unavailable", f"not ready: {not_ready}\n".encode(), head_only=head_only
+        )
     return _response("404 Not Found", b"not found\n", head_only=head_only)
 
 
@@ -71,7 +77,8 @@ async def start_http(proxy: Proxy, listen: HostPort) -> asyncio.Server:
             if len(head) > _MAX_REQUEST_HEAD:
                 raise ValueError("request head too large")
             method, path, _ = head.split(b"\r\n", 1)[0].decode("latin-1").split(" ", 2)
-            writer.write(route(proxy, method, path))
+            not_ready = await proxy.readiness() if path.split("?", 1)[0] == "/readyz" else None
+            writer.write(route(proxy, method, path, not_ready))
             await writer.drain()
         except (ValueError, TimeoutError, asyncio.IncompleteReadError, ConnectionError) as exc:
             log.debug("bad management request: %s", exc)

@@ -93,15 +93,37 @@ class Metrics:
             ["action"],
             registry=r,
         )
+        self.upstream_duration = Histogram(
+            "idemproxy_upstream_duration_seconds",
+            "Time from forwarding a request to the broker's response arriving, by API.",
+            ["api"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.frames_refused = Counter(
+            "idemproxy_frames_refused_total",
+            "Client frames refused as bad input (the connection is closed), by reason.",
+            ["reason"],
+            registry=r,
+        )
+        self.upstream_up = Gauge(
+            "idemproxy_upstream_up",
+            "1 when the upstream cluster answered the last readiness probe, else 0.",
+            registry=r,
+        )
         self._request_bytes = self.bytes.labels("request")
         self._response_bytes = self.bytes.labels("response")
-        self._by_api: dict[int, tuple[Counter, Histogram]] = {}
+        self._by_api: dict[int, tuple[Counter, Histogram, Histogram]] = {}
 
-    def _api(self, api_key: int) -> tuple[Counter, Histogram]:
+    def _api(self, api_key: int) -> tuple[Counter, Histogram, Histogram]:
         children = self._by_api.get(api_key)
         if children is None:
             name = api_name(api_key)
-            children = (self.requests.labels(name), self.request_duration.labels(name))
+            children = (
+                self.requests.labels(name),
+                self.request_duration.labels(name),
+                self.upstream_duration.labels(name),
+            )
             self._by_api[api_key] = children
         return children
 
@@ -127,6 +149,9 @@ class Metrics:
     def response(self, api_key: int, size: int, started: float) -> None:
         self._api(api_key)[1].observe(time.monotonic() - started)
         self._response_bytes.inc(size)
+
+    def upstream(self, api_key: int, started: float) -> None:
+        self._api(api_key)[2].observe(time.monotonic() - started)
 
 
 class _StateCollector(Collector):

@@ -61,12 +61,16 @@ class RecordingObserver:
     def __init__(self) -> None:
         self.requests: list[tuple[int, int]] = []
         self.responses: list[tuple[int, int, float]] = []
+        self.upstream_answers: list[tuple[int, float]] = []
 
     def request(self, api_key: int, size: int) -> None:
         self.requests.append((api_key, size))
 
     def response(self, api_key: int, size: int, started: float) -> None:
         self.responses.append((api_key, size, started))
+
+    def upstream(self, api_key: int, started: float) -> None:
+        self.upstream_answers.append((api_key, started))
 
 
 # -- opaque forwarding ------------------------------------------------------------------
