@@ -8,10 +8,14 @@ A request whose partitions all go to the broker is forwarded byte for byte.
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
+from kafka.record.util import calc_crc32c  # the C crc32c package when installed
+
+from proxy.errors import DecodeError
 from proxy.idempotence.engine import (
     AwaitInflight,
     BatchIdentity,
@@ -91,20 +95,28 @@ class ProducePlan:
     def ready(self) -> bool:
         return self.waits == 0 and (self.upstream_body is None or self.upstream_done)
 
-    def tickets(self) -> list[int]:
-        return [p.ticket for p in self.partitions if p.ticket is not None]
 
+def _waiter_answer(duplicate: Duplicate | None, outcome: Outcome) -> _Answer:
+    """The answer for retries that waited on an in-flight original.
 
-def _answer_for(outcome: Outcome) -> _Answer:
-    if isinstance(outcome, Success):
+    A success answers them as the broker answers a duplicate (the engine's Duplicate). Otherwise
+    they get the original's error, or a retriable REQUEST_TIMED_OUT when its fate is unknown: the
+    client sends again, and that retry is admitted afresh (and reaches the broker if need be).
+    """
+    if duplicate is not None:
         return _Answer(
-            NONE, outcome.base_offset, outcome.log_append_time_ms, outcome.log_start_offset
+            NONE, duplicate.base_offset, duplicate.log_append_time_ms, duplicate.log_start_offset
         )
     if isinstance(outcome, Failure):
         return _Answer(outcome.error_code)
-    # The original's fate is unknown: a retriable error makes the client send again,
-    # and that retry then reaches the broker, which decides.
     return _Answer(REQUEST_TIMED_OUT)
+
+
+def _valid_as_broker_checks(records: bytes) -> bool:
+    """The v2 batch checks LogValidator makes before producer state: base offset 0, CRC-32C."""
+    (base_offset,) = struct.unpack_from(">q", records, 0)
+    (crc,) = struct.unpack_from(">I", records, 17)
+    return bool(base_offset == 0 and calc_crc32c(memoryview(records)[21:]) == crc)
 
 
 class ProduceCoordinator:
@@ -122,7 +134,7 @@ class ProduceCoordinator:
         self.policy = policy
         self._observer = observer
         self._clock_ms = clock_ms
-        self._waiters: dict[int, list[Callable[[Outcome], None]]] = {}
+        self._waiters: dict[int, list[Callable[[_Answer], None]]] = {}
 
     def _count(self, result: Result, records: int) -> None:
         if self._observer is not None:
@@ -167,9 +179,12 @@ class ProduceCoordinator:
     def _decide(
         self, part: _Partition, topic: str, records: bytes | None, now: int, acks: bool
     ) -> None:
-        header = read_batch_header(records) if records else None
+        try:
+            header = read_batch_header(records) if records else None
+        except DecodeError:
+            header = None  # not a v2 batch (magic 0/1 message sets): the broker's to judge
         if header is None or header.is_control or header.batch_length + 12 != len(records or b""):
-            # Empty, control or multi-batch record sets are the broker's to judge.
+            # Empty, control, old-format or multi-batch record sets are the broker's to judge.
             part.forwarded = True
             return
         if not header.has_producer_id:
@@ -182,11 +197,6 @@ class ProduceCoordinator:
             if self._observer is not None:
                 self._observer.non_idempotent(self.policy)
             return
-        if not acks:
-            # acks=0: no response will tell the proxy the outcome, so nothing is learnt.
-            part.forwarded = True
-            self._count("forwarded", header.record_count)
-            return
         identity = BatchIdentity(
             producer_id=header.producer_id,
             producer_epoch=header.producer_epoch,
@@ -198,6 +208,20 @@ class ProduceCoordinator:
         )
         decision = self.engine.admit((topic, part.index), identity, now)
         records_n = header.record_count
+        if not acks:
+            # acks=0: no answer goes back and none comes to teach the proxy the outcome, so the
+            # batch goes to the broker and, if admitted, counts as an unknown outcome.
+            if isinstance(decision, Forward):
+                self.engine.complete(decision.ticket, Unknown(), now)
+            part.forwarded = True
+            self._count("forwarded", records_n)
+            return
+        if not isinstance(decision, Forward) and not _valid_as_broker_checks(records or b""):
+            # The broker validates a batch (LogValidator: CRC-32C, base offset 0) before it looks
+            # for a duplicate or a sequence gap, so a corrupt retry is its to answer.
+            part.forwarded = True
+            self._count("forwarded", records_n)
+            return
         if isinstance(decision, Forward):
             part.forwarded = True
             part.ticket = decision.ticket
@@ -234,6 +258,9 @@ class ProduceCoordinator:
                             (str(key), part.index), part.log_start_offset
                         )
         now = self._clock_ms()
+        # With acks=1 a write only the leader holds can be truncated after a leader change,
+        # so only acks=all successes are remembered as written.
+        certain = plan.request.acks == -1
         for part in plan.partitions:
             if part.ticket is None:
                 continue
@@ -243,12 +270,17 @@ class ProduceCoordinator:
             if got is None:
                 outcome = Unknown()
             elif got.error_code == NONE:
-                outcome = Success(got.base_offset, got.log_append_time_ms, got.log_start_offset)
+                outcome = (
+                    Success(got.base_offset, got.log_append_time_ms, got.log_start_offset)
+                    if certain
+                    else Unknown()
+                )
             else:
                 outcome = Failure(got.error_code)
-            self.engine.complete(ticket, outcome, now)
+            duplicate = self.engine.complete(ticket, outcome, now)
+            answer = _waiter_answer(duplicate, outcome)
             for resolve in self._waiters.pop(ticket, ()):
-                resolve(outcome)
+                resolve(answer)
         plan.upstream_response = response
         plan.upstream_done = True
 
@@ -257,9 +289,9 @@ class ProduceCoordinator:
         self.complete(plan, None)
 
 
-def _resolver(plan: ProducePlan, part: _Partition) -> Callable[[Outcome], None]:
-    def resolve(outcome: Outcome) -> None:
-        part.answer = _answer_for(outcome)
+def _resolver(plan: ProducePlan, part: _Partition) -> Callable[[_Answer], None]:
+    def resolve(answer: _Answer) -> None:
+        part.answer = answer
         part.waiting_on = None
         plan.waits -= 1
         if plan.ready and plan.on_ready is not None:

@@ -126,16 +126,18 @@ class ProducerPartitionState:
             at = i * _STRIDE
             same_range = b[at + _FIRST] == first_seq and b[at + _LAST] == last_seq
             same_base = b[at + _BASE] == base_offset
-            if same_range and same_base:
-                return SuccessEffect.RECORDED
-            if same_range or same_base:
+            if same_range != same_base:
                 return SuccessEffect.CONFLICT
+            if same_range:
+                pos = -1
+                break
             if pos == self.size and b[at + _BASE] > base_offset:
                 pos = i
-        at = pos * _STRIDE
-        # Rebuilt at its exact size rather than grown in place, which over-allocates.
-        b = b[:at] + array("q", (first_seq, last_seq, base_offset, timestamp)) + b[at:]
-        self._batches = b[-retain * _STRIDE :]
+        if pos >= 0:
+            at = pos * _STRIDE
+            # Rebuilt at its exact size rather than grown in place, which over-allocates.
+            b = b[:at] + array("q", (first_seq, last_seq, base_offset, timestamp)) + b[at:]
+            self._batches = b[-retain * _STRIDE :]
         if self.ghosts:
             self.ghosts = [g for g in self.ghosts if g != (epoch, first_seq, last_seq)] or None
         return SuccessEffect.RECORDED

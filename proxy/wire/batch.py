@@ -30,7 +30,7 @@ _HEADER = struct.Struct(">qiibIhiqqqhii")
 
 
 def last_sequence(base_sequence: int, last_offset_delta: int) -> int:
-    """Sequence of the batch's last record; sequences wrap from Int32 max to 0 (DefaultRecordBatch)."""
+    """Sequence of the batch's last record; wraps from Int32 max to 0 (DefaultRecordBatch)."""
     if base_sequence == NO_SEQUENCE:
         return NO_SEQUENCE
     if base_sequence > INT32_MAX - last_offset_delta:

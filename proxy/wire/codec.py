@@ -17,7 +17,6 @@ from kafka.protocol.metadata.find_coordinator import (
     FindCoordinatorResponse,
 )
 from kafka.protocol.producer import ProduceRequest, ProduceResponse
-
 from kafka.protocol.schemas.fields.codecs import TaggedFields
 from kafka.protocol.schemas.fields.codecs.types import UnsignedVarInt32
 

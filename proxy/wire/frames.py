@@ -62,7 +62,9 @@ class FrameDecoder:
     def eof(self) -> None:
         """Signal the end of the stream; raises TruncatedFrame if a partial frame is pending."""
         if self._buf:
-            raise TruncatedFrame(f"connection closed with {len(self._buf)} bytes of an unfinished frame")
+            raise TruncatedFrame(
+                f"connection closed with {len(self._buf)} bytes of an unfinished frame"
+            )
 
 
 def frame(body: bytes | bytearray) -> bytes:

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import struct
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from kafka.protocol.producer import ProduceRequest
+from kafka.protocol.producer import ProduceRequest, ProduceResponse
 from kafka.record.default_records import DefaultRecordBatch, DefaultRecordBatchBuilder
 
 from proxy.routing.directory import Address, BrokerDirectory
@@ -131,3 +132,177 @@ def exchange(session: Session, request: bytes, response: bytes) -> bytes:
     assert replied.upstream == []
     (body,) = client_frames(replied)
     return body
+
+
+# -- Produce builders: any pid/epoch/sequence, several topics and partitions -------------
+
+#: Record timestamp of the batches below (client clock, CreateTime).
+BATCH_TIMESTAMP = 1_700_000_000_000
+
+
+def topic_id(name: str) -> uuid.UUID:
+    """A stable topic id per topic name, for Produce v13+."""
+    return uuid.uuid5(TOPIC_ID, name)
+
+
+def idempotent_batch(
+    producer_id: int = 1000,
+    producer_epoch: int = 0,
+    base_sequence: int = 0,
+    records: int = 1,
+    *,
+    transactional: bool = False,
+    timestamp: int = BATCH_TIMESTAMP,
+) -> bytes:
+    """A v2 batch of `records` records, timestamps timestamp..timestamp+records-1."""
+    builder = DefaultRecordBatchBuilder(
+        magic=2,
+        compression_type=DefaultRecordBatch.CODEC_NONE,
+        is_transactional=transactional,
+        producer_id=producer_id,
+        producer_epoch=producer_epoch,
+        base_sequence=base_sequence,
+        batch_size=1 << 16,
+    )
+    for i in range(records):
+        builder.append(i, timestamp=timestamp + i, key=b"k%d" % i, value=b"v%d" % i, headers=[])
+    return bytes(builder.build())
+
+
+#: topic name -> [(partition index, records)], in request order.
+TopicRecords = Sequence[tuple[str, Sequence[tuple[int, bytes | None]]]]
+
+
+def produce_request_with(
+    version: int,
+    topics: TopicRecords,
+    *,
+    acks: int = -1,
+    transactional_id: str | None = None,
+    timeout_ms: int = 30000,
+) -> Any:
+    """A ProduceRequest with the given partitions; v13+ names topics by `topic_id(name)`."""
+    return ProduceRequest[version](
+        transactional_id=transactional_id,
+        acks=acks,
+        timeout_ms=timeout_ms,
+        topic_data=[
+            ProduceRequest.TopicProduceData(
+                name=name,
+                topic_id=topic_id(name),
+                partition_data=[
+                    ProduceRequest.TopicProduceData.PartitionProduceData(index=i, records=r)
+                    for i, r in partitions
+                ],
+            )
+            for name, partitions in topics
+        ],
+    )
+
+
+@dataclass(frozen=True)
+class PartitionAnswer:
+    """One partition of a ProduceResponse (the broker's fields, flattened)."""
+
+    index: int
+    error_code: int = 0
+    base_offset: int = -1
+    log_append_time_ms: int = -1
+    log_start_offset: int = -1
+    error_message: str | None = None
+    current_leader: tuple[int, int] | None = None  # (leader id, leader epoch), v10+
+
+
+def produce_response_with(
+    version: int,
+    topics: Sequence[tuple[str, Sequence[PartitionAnswer]]],
+    *,
+    throttle_time_ms: int = 0,
+    node_endpoints: Sequence[tuple[int, str, int, str | None]] = (),
+) -> Any:
+    """A ProduceResponse as a broker sends it; v13+ names topics by `topic_id(name)`."""
+    topic_cls = ProduceResponse.TopicProduceResponse
+    part_cls = topic_cls.PartitionProduceResponse
+    response = ProduceResponse[version](
+        responses=[
+            topic_cls(
+                name=name,
+                topic_id=topic_id(name),
+                partition_responses=[
+                    part_cls(
+                        index=a.index,
+                        error_code=a.error_code,
+                        base_offset=a.base_offset,
+                        log_append_time_ms=a.log_append_time_ms,
+                        log_start_offset=a.log_start_offset,
+                        record_errors=[],
+                        error_message=a.error_message,
+                        current_leader=(
+                            None
+                            if a.current_leader is None
+                            else part_cls.LeaderIdAndEpoch(
+                                leader_id=a.current_leader[0], leader_epoch=a.current_leader[1]
+                            )
+                        ),
+                    )
+                    for a in answers
+                ],
+            )
+            for name, answers in topics
+        ],
+        throttle_time_ms=throttle_time_ms,
+    )
+    if version >= 10:
+        response.node_endpoints = [
+            ProduceResponse.NodeEndpoint(node_id=n, host=h, port=p, rack=r)
+            for n, h, p, r in node_endpoints
+        ]
+    return response
+
+
+def decode_produce_request(version: int, body: bytes) -> Any:
+    return ProduceRequest.decode(body, version=version, header=True)
+
+
+def decode_produce_response(version: int, body: bytes) -> Any:
+    return ProduceResponse.decode(body, version=version, header=True)
+
+
+def produce_answers(response: Any) -> list[tuple[Any, PartitionAnswer]]:
+    """(topic name or id, partition answer) in response order; absent fields read as -1/None."""
+    out: list[tuple[Any, PartitionAnswer]] = []
+    for topic in response.responses:
+        key = topic.topic_id if response.version >= 13 else topic.name
+        for p in topic.partition_responses:
+            leader = getattr(p, "current_leader", None)
+            out.append(
+                (
+                    key,
+                    PartitionAnswer(
+                        index=p.index,
+                        error_code=p.error_code,
+                        base_offset=p.base_offset,
+                        log_append_time_ms=getattr(p, "log_append_time_ms", -1),
+                        log_start_offset=getattr(p, "log_start_offset", -1),
+                        error_message=getattr(p, "error_message", None),
+                        current_leader=(
+                            None if leader is None else (leader.leader_id, leader.leader_epoch)
+                        ),
+                    ),
+                )
+            )
+    return out
+
+
+@dataclass
+class ProduceCounts:
+    """Records a ProduceCoordinator's observer calls."""
+
+    batches: list[tuple[str, int]] = field(default_factory=list)
+    non_idempotent_actions: list[str] = field(default_factory=list)
+
+    def produce_batch(self, result: str, records: int) -> None:
+        self.batches.append((result, records))
+
+    def non_idempotent(self, action: str) -> None:
+        self.non_idempotent_actions.append(action)
