@@ -5,6 +5,10 @@ PIP ?= $(PYTHON) -m pip
 .PHONY: install demo test lint unit integration
 
 install:
+	@# promtool and prometheus (Debian's package) for the deploy/ and Prometheus tests
+	@command -v promtool >/dev/null 2>&1 && command -v prometheus >/dev/null 2>&1 || \
+		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+		apt-get install -y -qq --no-install-recommends prometheus >/dev/null; }
 	$(PIP) install --quiet --upgrade pip
 	$(PIP) install --quiet -e '.[test,fast]'
 	$(PYTHON) -m integration.harness.kafka_dist
