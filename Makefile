@@ -2,16 +2,19 @@
 PYTHON ?= python3
 PIP ?= $(PYTHON) -m pip
 
-.PHONY: install demo test lint unit integration
+.PHONY: install install-test demo test lint unit integration
 
+# The proxy, the test clients and the Apache Kafka jars (Maven Central, cached in ~/.cache/idemproxy).
 install:
-	@# promtool and prometheus (Debian's package) for the deploy/ and Prometheus tests
-	@command -v promtool >/dev/null 2>&1 && command -v prometheus >/dev/null 2>&1 || \
-		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
-		apt-get install -y -qq --no-install-recommends prometheus >/dev/null; }
 	$(PIP) install --quiet --upgrade pip
 	$(PIP) install --quiet -e '.[test,fast]'
 	$(PYTHON) -m integration.harness.kafka_dist
+
+# Also promtool and prometheus (Debian's package) for the deploy/ and Prometheus tests.
+install-test: install
+	@command -v promtool >/dev/null 2>&1 && command -v prometheus >/dev/null 2>&1 || \
+		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+		apt-get install -y -qq --no-install-recommends prometheus >/dev/null; }
 
 # The main job: a real Apache Kafka broker, the proxy in front of it, a producer
 # and a consumer going through the proxy.
@@ -32,4 +35,4 @@ integration:
 	IDEMPROXY_TEST_BROKER=$${IDEMPROXY_TEST_BROKER:-kafka} $(PYTHON) -m pytest integration -q -p no:cacheprovider
 
 # The whole test suite.
-test: install lint unit integration
+test: install-test lint unit integration

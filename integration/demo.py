@@ -70,9 +70,8 @@ def _run(
             acked += clients.kafka_python_produce(bootstrap, topic, chunk, batch_size=256)
         else:
             acked += _plain(bootstrap, topic, chunk)
-        say(
-            f"    {min(i + step, messages)}/{messages} sent, {lost() - lost_before} acks lost so far"
-        )
+        done = min(i + step, messages)
+        say(f"    {done}/{messages} sent, {lost() - lost_before} acks lost so far")
     lose(0)
     reached = rig.broker_relay.stats.batches - before
     say("  reading everything back...")

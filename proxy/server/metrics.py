@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
+from typing import get_args
 
 from kafka.protocol.api_key import ApiKey as KafkaApiKey
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
@@ -15,6 +16,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from proxy import __version__
+from proxy.idempotence.produce import Result
 
 _API_NAMES: dict[int, str] = {int(k): k.name for k in KafkaApiKey}
 
@@ -23,6 +25,10 @@ LATENCY_BUCKETS = (
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
     0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 )  # fmt: skip
+
+
+#: Values of the `result` label of the produce counters.
+PRODUCE_RESULTS: tuple[str, ...] = get_args(Result)
 
 
 def api_name(api_key: int) -> str:
@@ -111,6 +117,13 @@ class Metrics:
             "1 when the upstream cluster answered the last readiness probe, else 0.",
             registry=r,
         )
+        # Every known label value starts at 0, so rate() and increase() see the first event.
+        for result in PRODUCE_RESULTS:
+            self.produce_batches.labels(result)
+            self.produce_records.labels(result)
+        for action in ("pass", "reject"):
+            self.non_idempotent_batches.labels(action)
+        self.connection_errors.labels("upstream_unreachable")
         self._request_bytes = self.bytes.labels("request")
         self._response_bytes = self.bytes.labels("response")
         self._by_api: dict[int, tuple[Counter, Histogram, Histogram]] = {}
