@@ -22,9 +22,16 @@ def payloads(n: int, tag: str = "") -> list[bytes]:
     return [f"{tag}-{i:06d}".encode() for i in range(n)]
 
 
-def kafka_python_produce(bootstrap: str, topic: str, values: list[bytes], **config: Any) -> int:
+def kafka_python_produce(
+    bootstrap: str, topic: str, values: list[bytes], *, idempotent: bool = True, **config: Any
+) -> int:
+    """Records acknowledged by the broker (idempotent producer unless told otherwise)."""
     producer = KafkaProducer(
-        bootstrap_servers=bootstrap, enable_idempotence=True, acks="all", linger_ms=5, **config
+        bootstrap_servers=bootstrap,
+        enable_idempotence=idempotent,
+        acks="all",
+        linger_ms=5,
+        **config,
     )
     try:
         futures = [producer.send(topic, v) for v in values]

@@ -66,10 +66,9 @@ def _run(
     step = max(1, messages // 5)
     for i in range(0, messages, step):
         chunk = values[i : i + step]
-        if idempotent:
-            acked += clients.kafka_python_produce(bootstrap, topic, chunk, batch_size=256)
-        else:
-            acked += _plain(bootstrap, topic, chunk)
+        acked += clients.kafka_python_produce(
+            bootstrap, topic, chunk, idempotent=idempotent, batch_size=256, retries=10
+        )
         done = min(i + step, messages)
         say(f"    {done}/{messages} sent, {lost() - lost_before} acks lost so far")
     lose(0)
@@ -87,25 +86,6 @@ def _run(
         else "n/a",
         acks_lost=lost() - lost_before,
     )
-
-
-def _plain(bootstrap: str, topic: str, values: list[bytes]) -> int:
-    from kafka import KafkaProducer
-
-    producer = KafkaProducer(
-        bootstrap_servers=bootstrap,
-        enable_idempotence=False,
-        acks="all",
-        retries=10,
-        batch_size=256,
-        linger_ms=5,
-    )
-    try:
-        futures = [producer.send(topic, v) for v in values]
-        producer.flush(timeout=60)
-        return sum(1 for f in futures if f.succeeded())
-    finally:
-        producer.close(timeout=10)
 
 
 @click.command()
