@@ -42,6 +42,25 @@ def test_clients_learn_only_proxy_addresses(kafka_cluster: Cluster, proxy: Proxy
     ]
 
 
+def test_admin_describe_cluster_and_coordinators_point_at_the_proxy(
+    kafka_cluster: Cluster, proxy: ProxyProcess, topic_name: str
+) -> None:
+    from confluent_kafka.admin import AdminClient
+
+    admin = AdminClient({"bootstrap.servers": proxy.bootstrap})
+    cluster = admin.describe_cluster(request_timeout=30).result(30)  # DescribeCluster
+    assert {(n.host, n.port) for n in cluster.nodes} == {
+        ("127.0.0.1", proxy.broker_port(n)) for n in kafka_cluster.node_ids()
+    }
+    group = f"g-{topic_name}"
+    clients.kafka_python_produce(proxy.bootstrap, topic_name, clients.payloads(5))
+    clients.confluent_consume(proxy.bootstrap, topic_name, 5, group_id=group)
+    described = admin.describe_consumer_groups([group])[group].result(30)  # FindCoordinator
+    assert (described.coordinator.host, described.coordinator.port) in {
+        ("127.0.0.1", proxy.broker_port(n)) for n in kafka_cluster.node_ids()
+    }
+
+
 def test_kafka_python_round_trip_through_proxy(
     kafka_cluster: Cluster, proxy: ProxyProcess, topic_name: str
 ) -> None:
