@@ -108,3 +108,43 @@ def test_java_transactional_producer_through_lost_acks_commits_each_record_once(
         assert perf.records_sent == 2000
         assert dropped >= 1
         assert len(committed) == 2000
+
+
+def test_java_producer_retries_after_lost_acks_never_reach_the_broker(
+    rig: Rig, topic_name: str, request: pytest.FixtureRequest
+) -> None:
+    rig.cluster.create_topic(topic_name, partitions=3)
+    with proxied_context(rig) as proxied:
+        before = Counter(rig.broker_relay.stats.batches)
+        proxied.client_relay.drop_every(4)
+        sent = verifiable_producer(
+            proxied.bootstrap,
+            topic_name,
+            1500,
+            throughput=1000,
+            producer_config={
+                "enable.idempotence": True,
+                "retries": 2147483647,
+                "linger.ms": 5,
+                "batch.size": 2048,
+            },
+        )
+        proxied.client_relay.drop_every(0)
+        reached = rig.broker_relay.stats.batches - before
+        dropped = proxied.client_relay.stats.acks_dropped
+        counts = Counter(console_consume(proxied.bootstrap, topic_name, 1600))
+        retries_at_broker = sum(n - 1 for n in reached.values())
+        request.node.user_properties.extend(
+            [
+                ("acks_lost", dropped),
+                ("batches_at_broker", sum(reached.values())),
+                ("retries_at_broker", retries_at_broker),
+            ]
+        )
+        print(request.node.name, dict(request.node.user_properties))  # noqa: T201
+        assert sent.failed == []
+        assert len(sent.acked) == 1500
+        assert dropped >= 3
+        assert set(counts) == {str(i) for i in range(1500)}
+        assert max(counts.values()) == 1
+        assert retries_at_broker == 0, "no retried batch reached the broker"

@@ -62,6 +62,28 @@ def _send_in_rounds(
     return sum(produce(bootstrap, topic, values[i : i + step]) for i in range(0, len(values), step))
 
 
+@pytest.mark.parametrize("client", sorted(PRODUCERS))
+def test_a_single_lost_ack_is_answered_by_proxy(
+    proxied: ProxiedRig, client: str, topic_name: str, request: pytest.FixtureRequest
+) -> None:
+    rig, proxy = proxied.rig, proxied.proxy
+    if rig.cluster.kind != "kafka" or len(rig.cluster.node_ids()) != 1:
+        pytest.skip("the many-losses tests cover the other brokers")
+    _create(rig, topic_name)
+    values = clients.payloads(100)
+    before = Counter(rig.broker_relay.stats.batches)
+    proxied.client_relay.drop_next_acks(1)
+    acked = PRODUCERS[client](proxied.bootstrap, topic_name, values)
+    reached = rig.broker_relay.stats.batches - before
+    got = _read_back(proxied.bootstrap, topic_name, 100)
+    assert proxied.client_relay.stats.acks_dropped == 1
+    assert acked == 100
+    assert sorted(got) == sorted(values)
+    assert max(got.values()) == 1
+    assert all(n == 1 for n in reached.values()), "the retry did not reach the broker"
+    assert proxy.metric("idemproxy_produce_batches_total", result="duplicate") >= 1
+
+
 def _report(request: pytest.FixtureRequest, **figures: object) -> None:
     """Figures for the closing note: printed with -s, and kept in the test report."""
     request.node.user_properties.extend(figures.items())
