@@ -1,0 +1,3 @@
+from integration.bench.run import main
+
+main()

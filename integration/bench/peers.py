@@ -1,0 +1,184 @@
+"""Kroxylicious, a peer Kafka proxy, as the benchmark's third column (passthrough, no filters).
+
+``io.kroxylicious:kroxylicious-app`` (the runnable application) is not on the Maven Central
+mirror this project fetches from, while its proxy engine ``kroxylicious-runtime`` is; so the
+runtime jars are fetched with Maven (``kroxylicious/pom.xml``, cached like the Kafka jars in
+``~/.cache/idemproxy/kroxylicious-<version>/libs``) and started by ``KroxyliciousLauncher.java``,
+which does what the application's ``main()`` does: parse the YAML config, build ``KafkaProxy``
+with the default features, start it and block.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+from integration.harness import _proc
+from integration.harness.java_tools import LOG4J_TOOLS
+from integration.harness.kafka_dist import java_executable
+from integration.proxy_process import free_port_block
+
+HERE = Path(__file__).resolve().parent / "kroxylicious"
+POM = HERE / "pom.xml"
+LAUNCHER = HERE / "KroxyliciousLauncher.java"
+_STAMP = ".idemproxy-pom-sha256"
+JVM_OPTS: tuple[str, ...] = (
+    "-Xms256m",
+    "-Xmx1g",
+    "-XX:-UsePerfData",
+    "-Djava.net.preferIPv4Stack=true",
+    f"-Dlog4j2.configurationFile={LOG4J_TOOLS}",
+)
+
+
+class PeerUnavailable(RuntimeError):
+    """The peer proxy cannot be fetched or started here; the message says why."""
+
+
+def version() -> str:
+    match = re.search(r"<kroxylicious\.version>([^<]+)<", POM.read_text())
+    assert match is not None
+    return match.group(1)
+
+
+def libs_dir() -> Path:
+    cache_root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return cache_root / "idemproxy" / f"kroxylicious-{version()}" / "libs"
+
+
+def ensure_libs(timeout: float = 600.0) -> Path:
+    """The Kroxylicious runtime jars, fetched once with Maven."""
+    libs = libs_dir()
+    digest = hashlib.sha256(POM.read_bytes()).hexdigest()
+    stamp = libs / _STAMP
+    if stamp.is_file() and stamp.read_text() == digest:
+        return libs
+    mvn = shutil.which("mvn")
+    if mvn is None:
+        raise PeerUnavailable("Maven ('mvn') is not on PATH to fetch Kroxylicious")
+    scratch = libs.parent / f".libs.fetch-{os.getpid()}"
+    shutil.rmtree(scratch, ignore_errors=True)
+    argv = [
+        mvn,
+        "-q",
+        "-B",
+        "dependency:copy-dependencies",
+        f"-DoutputDirectory={scratch}",
+        "-DincludeScope=runtime",
+    ]
+    try:
+        result = _proc.run(argv, cwd=HERE, timeout=timeout)
+    except subprocess.TimeoutExpired as exc:
+        raise PeerUnavailable(f"fetching Kroxylicious timed out after {timeout:.0f}s") from exc
+    if result.returncode != 0 or not any(scratch.glob("kroxylicious-runtime-*.jar")):
+        shutil.rmtree(scratch, ignore_errors=True)
+        tail = "\n".join((result.stdout + result.stderr).splitlines()[-15:])
+        raise PeerUnavailable(f"fetching Kroxylicious failed (exit {result.returncode}):\n{tail}")
+    (scratch / _STAMP).write_text(digest)
+    shutil.rmtree(libs, ignore_errors=True)
+    libs.parent.mkdir(parents=True, exist_ok=True)
+    scratch.rename(libs)
+    return libs
+
+
+def app_on_central(timeout: float = 120.0) -> str:
+    """What ``mvn dependency:get`` says of io.kroxylicious:kroxylicious-app (for the report)."""
+    mvn = shutil.which("mvn")
+    if mvn is None:
+        return "mvn not on PATH"
+    artifact = f"io.kroxylicious:kroxylicious-app:{version()}"
+    try:
+        result = _proc.run(
+            [mvn, "-q", "-B", "dependency:get", f"-Dartifact={artifact}", "-Dtransitive=false"],
+            cwd=HERE,
+            timeout=timeout,
+        )
+    except subprocess.TimeoutExpired:
+        return f"mvn dependency:get {artifact}: timed out"
+    if result.returncode == 0:
+        return f"mvn dependency:get {artifact}: found"
+    output = re.sub(r"\x1b\[[0-9;]*m", "", result.stdout + result.stderr)
+    match = re.search(r"(Could not find artifact \S+|\S+ was not found in \S+)", output)
+    reason = match.group(1) if match else f"exit {result.returncode}"
+    return f"`mvn dependency:get -Dartifact={artifact}` fails: {reason}"
+
+
+class Kroxylicious:
+    """A Kroxylicious passthrough proxy in front of ``upstream`` (one virtual cluster)."""
+
+    def __init__(self, upstream: str) -> None:
+        self.upstream = upstream.split(",")[0]
+        # Bootstrap at base; broker node N at base + 1 + N (portIdentifiesNode, ids 0-2).
+        self.base = free_port_block(5, start=40000, stop=60000)
+        self.dir = Path(tempfile.mkdtemp(prefix="idemproxy-bench-kroxylicious-"))
+        self.log_path = self.dir / "kroxylicious.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def bootstrap(self) -> str:
+        return f"127.0.0.1:{self.base}"
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def config(self) -> str:
+        return (
+            "virtualClusters:\n"
+            "  - name: bench\n"
+            "    targetCluster:\n"
+            f"      bootstrapServers: {self.upstream}\n"
+            "    gateways:\n"
+            "      - name: default\n"
+            "        portIdentifiesNode:\n"
+            f"          bootstrapAddress: 127.0.0.1:{self.base}\n"
+            "    logNetwork: false\n"
+            "    logFrames: false\n"
+        )
+
+    def start(self, timeout: float = 90.0) -> Kroxylicious:
+        libs = ensure_libs()
+        config = self.dir / "proxy-config.yaml"
+        config.write_text(self.config())
+        argv = [
+            java_executable(),
+            *JVM_OPTS,
+            "-cp",
+            f"{libs}/*",
+            str(LAUNCHER),
+            str(config),
+        ]
+        self.proc = _proc.spawn(argv, log=self.log_path, cwd=self.dir)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise PeerUnavailable(
+                    f"Kroxylicious exited with {self.proc.returncode}:\n{self.log()[-3000:]}"
+                )
+            try:
+                with socket.create_connection(("127.0.0.1", self.base), timeout=0.5):
+                    return self
+            except OSError:
+                time.sleep(0.2)
+        self.stop()
+        raise PeerUnavailable(f"Kroxylicious did not listen within {timeout:.0f}s:\n{self.log()}")
+
+    def log(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")[-20000:]
+        except OSError:
+            return ""
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            _proc.stop(self.proc, grace=10.0)
+            self.proc = None
+        shutil.rmtree(self.dir, ignore_errors=True)

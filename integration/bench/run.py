@@ -1,0 +1,716 @@
+"""Orchestration and command line of ``python -m integration.bench`` (see the package doc)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import asdict, dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import click
+
+from integration.bench import loads, measure, peers, profiling, report
+from integration.harness import Cluster, start_cluster
+from integration.harness.kafka_dist import kafka_version
+from integration.proxy_process import REPO, ProxyProcess
+
+RECORD_SIZES = (1024, 100)
+TOPICS = {"throughput": "bench-throughput", "latency": "bench-latency", "state": "bench-state"}
+#: Broker JVM for throughput: the harness's flags favour start-up (C1 only, serial GC); later
+#: flags win, so these restore the C2 JIT and use G1 as kafka-server-start.sh does.
+BROKER_JVM_OPTS = (
+    "-Xms1g",
+    "-XX:TieredStopAtLevel=4",
+    "-XX:-UseSerialGC",
+    "-XX:+UseG1GC",
+    "-XX:MaxGCPauseMillis=20",
+    "-XX:InitiatingHeapOccupancyPercent=35",
+)
+#: Old segments are deleted quickly so a long run does not fill the disk.
+TOPIC_CONFIGS = {
+    "retention.bytes": str(256 * 1024 * 1024),
+    "segment.bytes": str(64 * 1024 * 1024),
+    "file.delete.delay.ms": "1000",
+}
+#: Kafka 4.x producer defaults, written out so the report states them.
+PRODUCER_PROPS: dict[str, str | int] = {
+    "linger.ms": 5,
+    "batch.size": 16384,
+    "compression.type": "none",
+}
+SMALL_PIDS = [9_000_000]
+LARGE_PIDS = list(range(10_000_000, 10_001_000))
+STATE_PARTITIONS = 10
+
+
+@dataclass(frozen=True)
+class Plan:
+    rounds: int
+    seconds: float  # target length of each throughput run
+    latency_seconds: float  # raw client
+    rdkafka_seconds: float  # confluent-kafka
+    latency_warmup: float
+    latency_rate: int
+    latency_size: int
+    state_requests: int
+    profile_seconds: float
+    #: records of the warm-up run of each size; the measured runs are sized from its rate
+    warmup_records: dict[int, int]
+
+
+DEFAULT = Plan(3, 10.0, 10.0, 6.0, 1.5, 1000, 1024, 5000, 15.0, {1024: 300_000, 100: 1_500_000})
+QUICK = Plan(1, 4.0, 5.0, 3.0, 1.0, 1000, 1024, 1000, 6.0, {1024: 150_000, 100: 600_000})
+
+
+def say(text: str = "") -> None:
+    click.echo(text)
+    sys.stdout.flush()
+
+
+def _rotate(items: list[Any], k: int) -> list[Any]:
+    k %= len(items)
+    return items[k:] + items[:k]
+
+
+def _broker_pid(cluster: Cluster) -> int | None:
+    nodes = getattr(cluster, "_nodes", {})
+    for node in nodes.values():
+        proc = getattr(node, "proc", None)
+        if proc is not None and proc.poll() is None:
+            return int(proc.pid)
+    return None
+
+
+def _git_commit() -> str:
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--", "proxy"],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
+        return head + ("+dirty proxy/" if dirty else "")
+    except OSError:
+        return "unknown"
+
+
+def _version_string(value: Any) -> str:
+    return str(value[0] if isinstance(value, tuple) else value)
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+class Bench:
+    """One benchmark run: the broker, the proxies, the measurements, the results dict."""
+
+    def __init__(
+        self,
+        plan: Plan,
+        out: Path,
+        *,
+        kroxylicious: bool,
+        profile: bool,
+        producer_props: dict[str, str | int],
+        command: str,
+    ) -> None:
+        import confluent_kafka
+
+        from proxy import __version__
+
+        self.plan = plan
+        self.out = out
+        self.want_kroxylicious = kroxylicious
+        self.want_profile = profile
+        self.producer_props = producer_props
+        self.stack = ExitStack()
+        self.cluster: Cluster | None = None
+        self.bootstraps: dict[str, str] = {}
+        self.pids: dict[str, int] = {}
+        self.proxy: ProxyProcess | None = None
+        self.payloads: dict[int, Path] = {}
+        self.results: dict[str, Any] = {
+            "meta": {
+                "started": datetime.now().isoformat(timespec="seconds"),
+                "command": command,
+                "cpus": os.cpu_count(),
+                "cpu_model": _cpu_model(),
+                "kernel": platform.release(),
+                "python": platform.python_version(),
+                "idemproxy": __version__,
+                "commit": _git_commit(),
+                "kafka_version": kafka_version(),
+                "rounds": plan.rounds,
+                "plan": asdict(plan),
+                "record_sizes": list(RECORD_SIZES),
+                "producer_props": {"enable.idempotence": "true", "acks": "all", **producer_props},
+                "producer_jvm_opts": list(loads.PERF_JVM_OPTS),
+                "broker_jvm_opts": list(BROKER_JVM_OPTS),
+                "num_records": {},
+                "targets": ["direct"],
+                "latency": {
+                    "client": _version_string(confluent_kafka.version()),
+                    "librdkafka": confluent_kafka.libversion()[0],
+                    "rate": plan.latency_rate,
+                    "seconds": plan.latency_seconds,
+                    "rdkafka_seconds": plan.rdkafka_seconds,
+                    "record_size": plan.latency_size,
+                },
+            },
+            "throughput": [],
+            "latency": [],
+            "state": {},
+            "profile": {},
+            "kroxylicious": {},
+        }
+
+    # -- set-up -------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        idle = measure.CpuWindow({})
+        idle.start()
+        time.sleep(2.0)
+        idle.stop()
+        busy = idle.host_busy / idle.host_total * (os.cpu_count() or 1) if idle.host_total else 0
+        self.results["meta"]["host_busy_before"] = round(busy, 3)
+        if busy > 0.15:
+            say(f"WARNING: {busy:.2f} CPUs were already busy before the benchmark started")
+        payload_dir = Path(tempfile.mkdtemp(prefix="idemproxy-bench-payloads-"))
+        self.stack.callback(shutil.rmtree, payload_dir, ignore_errors=True)
+        self.payloads = {
+            size: loads.write_payload_file(payload_dir / f"{size}.txt", size)
+            for size in RECORD_SIZES
+        }
+        say("Starting Apache Kafka (1 KRaft node)...")
+        cluster = start_cluster(
+            "kafka",
+            1,
+            heap="1g",
+            jvm_opts=BROKER_JVM_OPTS,
+            config={"log.retention.check.interval.ms": 5000},
+        )
+        self.stack.callback(cluster.close)
+        self.cluster = cluster
+        for name, topic in TOPICS.items():
+            partitions = {"throughput": 3, "latency": 1, "state": STATE_PARTITIONS}[name]
+            cluster.create_topic(topic, partitions=partitions, configs=TOPIC_CONFIGS)
+        self.bootstraps["direct"] = cluster.bootstrap
+        broker = _broker_pid(cluster)
+        if broker is not None:
+            self.pids["broker"] = broker
+        say(f"  broker at {cluster.bootstrap}")
+
+        proxy = self._proxy(cluster.bootstrap, "throughput")
+        self.proxy = proxy
+        self.bootstraps["idemproxy"] = proxy.bootstrap
+        self.pids["idemproxy"] = proxy.pid
+        self.results["meta"]["targets"].append("idemproxy")
+        say(f"  idemproxy at {proxy.bootstrap} (pid {proxy.pid})")
+
+        if self.want_kroxylicious:
+            self._start_kroxylicious(cluster.bootstrap)
+        else:
+            self.results["kroxylicious"] = {"status": "skipped", "note": "--no-kroxylicious"}
+
+    def _proxy(self, upstream: str, name: str) -> ProxyProcess:
+        proxy = ProxyProcess(upstream, extra=["--log-level", "info"]).start()
+
+        def stop() -> None:
+            shutil.copy(proxy.log_path, self.out / f"idemproxy-{name}.log")
+            proxy.stop()
+
+        self.stack.callback(stop)
+        return proxy
+
+    def _start_kroxylicious(self, upstream: str) -> None:
+        version = peers.version()
+        say(f"  Kroxylicious {version}: checking Maven Central...")
+        central = peers.app_on_central()
+        peer = peers.Kroxylicious(upstream)
+        try:
+            peer.start()
+        except peers.PeerUnavailable as exc:
+            self.results["kroxylicious"] = {
+                "status": "unavailable",
+                "note": f"Not measured: {exc}. ({central})",
+            }
+            say(f"  Kroxylicious unavailable: {str(exc).splitlines()[0]}")
+            peer.stop()
+            return
+
+        def stop() -> None:
+            (self.out / "kroxylicious.log").write_text(peer.log())
+            peer.stop()
+
+        self.stack.callback(stop)
+        self.bootstraps["kroxylicious"] = peer.bootstrap
+        self.pids["kroxylicious"] = peer.pid
+        self.results["meta"]["targets"].append("kroxylicious")
+        self.results["kroxylicious"] = {
+            "status": "measured",
+            "version": version,
+            "config": peer.config(),
+            "note": (
+                f"Kroxylicious {version} measured as a passthrough proxy (one virtual cluster, "
+                "portIdentifiesNode gateway, no filters, JVM "
+                f"`{' '.join(peers.JVM_OPTS[:2])}`). {central}; so its proxy engine "
+                f"(io.kroxylicious:kroxylicious-runtime:{version} and dependencies, fetched by "
+                "integration/bench/kroxylicious/pom.xml) runs under "
+                "integration/bench/kroxylicious/KroxyliciousLauncher.java, which does what the "
+                "application's main() does (parse the config, KafkaProxy.startup(), block)."
+            ),
+        }
+        say(f"  Kroxylicious at {peer.bootstrap} (pid {peer.pid})")
+
+    @property
+    def targets(self) -> list[str]:
+        return list(self.results["meta"]["targets"])
+
+    # -- throughput ---------------------------------------------------------------------------
+
+    def _perf(self, target: str, size: int, records: int, round_: int | None) -> dict[str, Any]:
+        proxy_metric = target == "idemproxy" and self.proxy is not None
+        watch = {k: v for k, v in self.pids.items() if k in ("broker", target)}
+        before_bytes = (
+            self.proxy.metric("idemproxy_bytes_total", direction="request")
+            if proxy_metric and self.proxy
+            else 0.0
+        )
+        window = measure.CpuWindow(watch).start()
+        result = loads.producer_performance(
+            self.bootstraps[target],
+            TOPICS["throughput"],
+            records,
+            record_size=size,
+            payload_file=self.payloads[size],
+            producer_props=self.producer_props,
+        )
+        window.stop()
+        row: dict[str, Any] = {
+            "target": target,
+            "record_size": size,
+            "round": round_,
+            **asdict(result),
+            "send_seconds": result.send_seconds,
+            "payload_bytes": records * size,
+            "cpu": window.used,
+            "host_busy": window.host_busy,
+            "host_total": window.host_total,
+        }
+        if proxy_metric and self.proxy:
+            row["bytes_forwarded"] = (
+                self.proxy.metric("idemproxy_bytes_total", direction="request") - before_bytes
+            )
+        return row
+
+    def throughput(self) -> None:
+        plan = self.plan
+        say(f"\nThroughput at saturation ({plan.rounds} round(s), ~{plan.seconds:.0f} s a run)")
+        for size in RECORD_SIZES:
+            say(f"  warm-up, {report.SIZE_LABELS[size]} records:")
+            for target in self.targets:
+                row = self._perf(target, size, plan.warmup_records[size], None)
+                say(
+                    f"    {target:13s} {row['mb_per_sec']:8.1f} MiB/s "
+                    f"{row['records_per_sec']:10.0f} rec/s"
+                )
+                if target == "direct":
+                    records = int(row["records_per_sec"] * plan.seconds)
+                    self.results["meta"]["num_records"][size] = max(records, 10_000)
+        for r in range(plan.rounds):
+            for size in RECORD_SIZES:
+                records = self.results["meta"]["num_records"][size]
+                for target in _rotate(self.targets, r):
+                    row = self._perf(target, size, records, r)
+                    self.results["throughput"].append(row)
+                    extra = ""
+                    if row.get("bytes_forwarded"):
+                        cpu = row["cpu"][target]
+                        extra = f", proxy {cpu / (row['bytes_forwarded'] / 1e9):.2f} CPU s/GB"
+                    say(
+                        f"  round {r + 1} {report.SIZE_LABELS[size]:>5s} {target:13s} "
+                        f"{row['mb_per_sec']:8.1f} MiB/s {row['records_per_sec']:10.0f} rec/s "
+                        f"p99 {row['p99_ms']:.0f} ms{extra}"
+                    )
+        if self.proxy is not None:
+            mem = measure.memory_kb(self.proxy.pid)
+            requests = self.proxy.metric("idemproxy_requests_total", api="Produce")
+            batches = self.proxy.metric("idemproxy_produce_batches_total")
+            self.results["throughput_proxy_memory"] = {
+                "rss_kb": mem["VmRSS"],
+                "hwm_kb": mem["VmHWM"],
+                "entries": self.proxy.metric("idemproxy_producer_state_entries"),
+                "produce_requests": requests,
+                "batches": batches,
+                "request_bytes": self.proxy.metric("idemproxy_bytes_total", direction="request"),
+            }
+
+    # -- latency ------------------------------------------------------------------------------
+
+    def latency(self) -> None:
+        plan = self.plan
+        say(
+            f"\nSingle-send latency ({plan.latency_rate} records/s of {plan.latency_size} B; "
+            f"raw client {plan.latency_seconds:.0f} s, librdkafka {plan.rdkafka_seconds:.0f} s "
+            f"a run; {plan.rounds} round(s))"
+        )
+        for r in range(plan.rounds):
+            for target in _rotate(self.targets, r):
+                bootstrap = self.bootstraps[target]
+                for client in ("raw", "librdkafka"):
+                    measure_with = (
+                        loads.raw_latency if client == "raw" else loads.single_send_latency
+                    )
+                    result = measure_with(
+                        bootstrap,
+                        TOPICS["latency"],
+                        rate=plan.latency_rate,
+                        seconds=plan.latency_seconds if client == "raw" else plan.rdkafka_seconds,
+                        record_size=plan.latency_size,
+                        warmup_seconds=plan.latency_warmup,
+                    )
+                    self.results["latency"].append(
+                        {"target": target, "client": client, "round": r, **asdict(result)}
+                    )
+                    say(
+                        f"  round {r + 1} {target:13s} {client:10s} p50 {result.p50_ms:7.3f} ms"
+                        f"  p99 {result.p99_ms:7.3f} ms  p99.9 {result.p999_ms:7.3f} ms "
+                        f"({result.samples} samples)"
+                    )
+
+    # -- tracked producer-partitions ----------------------------------------------------------
+
+    def state(self) -> None:
+        assert self.cluster is not None
+        plan = self.plan
+        small_n = len(SMALL_PIDS) * STATE_PARTITIONS
+        large_n = len(LARGE_PIDS) * STATE_PARTITIONS
+        say(f"\nPer-batch cost with {small_n:,} and {large_n:,} tracked producer-partitions")
+        topic = TOPICS["state"]
+        setups = []
+        memory: dict[str, Any] = {}
+        for pids, tracked, name in ((SMALL_PIDS, small_n, "small"), (LARGE_PIDS, large_n, "large")):
+            proxy = self._proxy(self.cluster.bootstrap, f"state-{name}")
+            idle = measure.memory_kb(proxy.pid)
+            # One request in flight: every producer-partition has at most one pending batch in
+            # both setups, so the engine does the same work per batch in each.
+            loader = loads.RawProducer(proxy.bootstrap, topic, STATE_PARTITIONS, window=1)
+            self.stack.callback(loader.close)
+            began = time.monotonic()
+            loader.send(pids, len(pids))  # sequence 0 for every producer-partition
+            entries = proxy.metric("idemproxy_producer_state_entries")
+            filled = measure.memory_kb(proxy.pid)
+            say(
+                f"  {name}: {entries:,.0f} producer-partitions tracked after "
+                f"{time.monotonic() - began:.1f} s; RSS {idle['VmRSS'] / 1024:.1f} -> "
+                f"{filled['VmRSS'] / 1024:.1f} MB"
+            )
+            if entries != tracked:
+                raise RuntimeError(f"expected {tracked} tracked producer-partitions, got {entries}")
+            loader.send(pids, max(len(pids), plan.state_requests // 5))  # warm-up
+            memory[str(tracked)] = {
+                "entries": entries,
+                "rss_idle_kb": idle["VmRSS"],
+                "rss_after_fill_kb": filled["VmRSS"],
+                "hwm_after_fill_kb": filled["VmHWM"],
+            }
+            setups.append((tracked, proxy, loader, pids))
+        runs = []
+        for r in range(plan.rounds):
+            for tracked, proxy, loader, pids in _rotate(setups, r):
+                forwarded = proxy.metric("idemproxy_produce_batches_total", result="forwarded")
+                window = measure.CpuWindow({"proxy": proxy.pid}).start()
+                began = time.monotonic()
+                loader.send(pids, plan.state_requests)
+                elapsed = time.monotonic() - began
+                window.stop()
+                assert window.used is not None
+                batches = (
+                    proxy.metric("idemproxy_produce_batches_total", result="forwarded") - forwarded
+                )
+                cpu = window.used["proxy"]
+                runs.append(
+                    {
+                        "tracked": tracked,
+                        "round": r,
+                        "requests": plan.state_requests,
+                        "batches": batches,
+                        "cpu_seconds": cpu,
+                        "elapsed": elapsed,
+                        "us_per_batch": cpu / batches * 1e6,
+                        "us_per_request": cpu / plan.state_requests * 1e6,
+                        "batches_per_sec": batches / elapsed,
+                        "entries": proxy.metric("idemproxy_producer_state_entries"),
+                    }
+                )
+                say(
+                    f"  round {r + 1} {tracked:>6,} tracked: {cpu / batches * 1e6:6.1f} CPU us "
+                    f"per batch, {batches / elapsed:8.0f} batches/s"
+                )
+        for tracked, proxy, _, _ in setups:
+            mem = measure.memory_kb(proxy.pid)
+            memory[str(tracked)]["rss_end_kb"] = mem["VmRSS"]
+            memory[str(tracked)]["hwm_end_kb"] = mem["VmHWM"]
+        self.results["state"] = {
+            "meta": {
+                "version": loads.RawProducer.VERSION,
+                "partitions": STATE_PARTITIONS,
+                "value_size": 100,
+                "window": 1,
+                "requests": plan.state_requests,
+                "small": small_n,
+                "large": large_n,
+                "small_pids": len(SMALL_PIDS),
+                "large_pids": len(LARGE_PIDS),
+            },
+            "memory": memory,
+            "runs": runs,
+        }
+
+    # -- profile ------------------------------------------------------------------------------
+
+    def profile(self) -> None:
+        if self.proxy is None:
+            return
+        plan = self.plan
+        seconds = plan.profile_seconds
+        rate = 250
+        say(
+            f"\nProfiling idemproxy with py-spy ({seconds:.0f} s collapsed + {seconds:.0f} s "
+            "flame graph) under a 1 KB ProducerPerformance load"
+        )
+        try:
+            profiling.py_spy()
+        except profiling.ProfilerUnavailable as exc:
+            self.results["profile"] = {"error": str(exc)}
+            return
+        proxied = [
+            r
+            for r in self.results["throughput"]
+            if r["target"] == "idemproxy" and r["record_size"] == 1024
+        ]
+        rate_rps = (
+            measure.Spread.of([r["records_per_sec"] for r in proxied]).median if proxied else 50_000
+        )
+        records = int(rate_rps * (2 * seconds + 10))
+        failure: list[BaseException] = []
+
+        def load() -> None:
+            try:
+                loads.producer_performance(
+                    self.bootstraps["idemproxy"],
+                    TOPICS["throughput"],
+                    records,
+                    record_size=1024,
+                    payload_file=self.payloads[1024],
+                    producer_props=self.producer_props,
+                    timeout=600,
+                )
+            except BaseException as exc:  # reported below
+                failure.append(exc)
+
+        thread = threading.Thread(target=load, name="profile load")
+        thread.start()
+        try:
+            time.sleep(4)
+            collapsed = self.out / "profile-collapsed.txt"
+            profiling.record(self.proxy.pid, collapsed, seconds, raw=True, rate=rate)
+            profiling.record(
+                self.proxy.pid, self.out / "profile.svg", seconds, raw=False, rate=rate
+            )
+        except profiling.ProfilerUnavailable as exc:
+            self.results["profile"] = {"error": str(exc)}
+            return
+        finally:
+            thread.join()
+        if failure:
+            say(f"  (the profiling load failed: {failure[0]})")
+        summary = profiling.summarize(collapsed)
+        self.results["profile"] = {
+            "seconds": seconds,
+            "rate": rate,
+            "samples": summary.samples,
+            "by_self": [asdict(h) for h in summary.by_self],
+            "by_total": [asdict(h) for h in summary.by_total],
+            "by_component": summary.by_component,
+        }
+        for spot in summary.by_self[:8]:
+            say(f"  {100 * spot.self_share:5.1f}% self  {spot.function}")
+
+    # -- output -------------------------------------------------------------------------------
+
+    def write(self) -> None:
+        write_outputs(self.results, self.out)
+
+    def close(self) -> None:
+        self.stack.close()
+
+
+def write_outputs(results: dict[str, Any], out: Path) -> None:
+    (out / "results.json").write_text(json.dumps(results, indent=2, default=str))
+    (out / "results.md").write_text(report.markdown(results))
+    try:
+        report.plot(results, out / "bench.png")
+    except ImportError as exc:
+        say(f"(no plot: {exc}; pip install '.[bench]')")
+
+
+@contextmanager
+def _timer(label: str) -> Iterator[None]:
+    began = time.monotonic()
+    yield
+    say(f"  ({label}: {time.monotonic() - began:.0f} s)")
+
+
+def _parse_props(values: tuple[str, ...]) -> dict[str, str | int]:
+    props: dict[str, str | int] = dict(PRODUCER_PROPS)
+    for value in values:
+        key, sep, val = value.partition("=")
+        if not sep:
+            raise click.BadParameter(f"expected key=value, got {value!r}")
+        props[key.strip()] = val.strip()
+    return props
+
+
+@click.command()
+@click.option("--quick", is_flag=True, help="One round, short runs (~2 minutes).")
+@click.option("--rounds", type=int, help="Rounds of every measurement (default 3, quick 1).")
+@click.option("--seconds", type=float, help="Target length of each throughput run.")
+@click.option("--latency-seconds", type=float, help="Length of each latency run.")
+@click.option(
+    "--kroxylicious/--no-kroxylicious",
+    default=True,
+    show_default=True,
+    help="Measure Kroxylicious as a third column.",
+)
+@click.option(
+    "--profile/--no-profile", default=True, show_default=True, help="Profile idemproxy with py-spy."
+)
+@click.option(
+    "--only",
+    type=click.Choice(["throughput", "latency", "state"]),
+    multiple=True,
+    help="Run only these measurements (repeatable).",
+)
+@click.option(
+    "--producer-prop",
+    "producer_prop",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="ProducerPerformance producer property (repeatable).",
+)
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Results folder (default results/bench-<timestamp>).",
+)
+@click.option(
+    "--report",
+    "report_from",
+    type=click.Path(exists=True, path_type=Path),
+    help="Only rebuild results.md and bench.png from this results folder.",
+)
+def main(
+    quick: bool,
+    rounds: int | None,
+    seconds: float | None,
+    latency_seconds: float | None,
+    kroxylicious: bool,
+    profile: bool,
+    only: tuple[str, ...],
+    producer_prop: tuple[str, ...],
+    out: Path | None,
+    report_from: Path | None,
+) -> None:
+    """Benchmark idemproxy against a real Apache Kafka broker, direct and through the proxy.
+
+    Throughput at saturation (1 KB and 100 B records), single-send latency percentiles at a
+    fixed rate, proxy CPU per GB, peak RSS and per-batch cost with 10 and 10,000 tracked
+    producer-partitions, and a py-spy profile; writes results.md, results.json and bench.png.
+    """
+    logging.getLogger("kafka").setLevel(logging.CRITICAL)
+    if report_from is not None:
+        results = json.loads((report_from / "results.json").read_text())
+        write_outputs(results, report_from)
+        for line in report.ratio_lines(results):
+            say(line)
+        return
+    base = QUICK if quick else DEFAULT
+    plan = Plan(
+        rounds=rounds or base.rounds,
+        seconds=seconds or base.seconds,
+        latency_seconds=latency_seconds or base.latency_seconds,
+        rdkafka_seconds=base.rdkafka_seconds,
+        latency_warmup=base.latency_warmup,
+        latency_rate=base.latency_rate,
+        latency_size=base.latency_size,
+        state_requests=base.state_requests,
+        profile_seconds=base.profile_seconds,
+        warmup_records=base.warmup_records,
+    )
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    out = out or REPO / "results" / f"bench-{stamp}"
+    out.mkdir(parents=True, exist_ok=True)
+    command = "python -m integration.bench " + " ".join(sys.argv[1:])
+    phases: list[tuple[str, Callable[[], None]]] = []
+    bench = Bench(
+        plan,
+        out,
+        kroxylicious=kroxylicious,
+        profile=profile,
+        producer_props=_parse_props(producer_prop),
+        command=command.strip(),
+    )
+    bench.results["meta"]["quick"] = quick
+    wanted = set(only) or {"throughput", "latency", "state"}
+    if "throughput" in wanted:
+        phases.append(("throughput", bench.throughput))
+    if "latency" in wanted:
+        phases.append(("latency", bench.latency))
+    if "state" in wanted:
+        phases.append(("state", bench.state))
+    if profile:
+        phases.append(("profile", bench.profile))
+    began = time.monotonic()
+    say(f"Results go to {out}")
+    try:
+        with _timer("set-up"):
+            bench.start()
+        for name, phase in phases:
+            with _timer(name):
+                phase()
+    finally:
+        bench.results["meta"]["seconds"] = round(time.monotonic() - began, 1)
+        bench.write()
+        bench.close()
+    say(f"\n{report.markdown(bench.results)}")
+    say("Ratios:")
+    for line in report.ratio_lines(bench.results):
+        say(f"  {line}")
+    say(
+        f"\nWrote {out}/results.md, results.json, bench.png"
+        + (", profile.svg" if (out / "profile.svg").exists() else "")
+        + f" in {time.monotonic() - began:.0f} s"
+    )
