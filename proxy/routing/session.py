@@ -10,12 +10,14 @@ when the proxy answers a request itself.
 from __future__ import annotations
 
 import logging
+import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
 from proxy.errors import FrameError, UnsupportedVersion
+from proxy.idempotence.engine import IdempotenceEngine
 from proxy.idempotence.produce import ProduceCoordinator, ProducePlan, build_response
 from proxy.routing.api_versions import (
     VERSION_CAPS,
@@ -89,7 +91,11 @@ class Session:
         on_client_output: Callable[[list[bytes]], None] | None = None,
     ) -> None:
         self._directory = directory
-        self._produce = produce
+        # Without a shared coordinator (one connection alone, as in tests) the session gets
+        # an engine of its own: there is one produce path either way.
+        self._produce = produce or ProduceCoordinator(
+            IdempotenceEngine(), clock_ms=lambda: int(time.time() * 1000)
+        )
         #: Where responses completed outside receive_* (a retry answered when its
         #: original's outcome arrives on another connection) are written.
         self.on_client_output = on_client_output
@@ -127,7 +133,7 @@ class Session:
         self._closed = True
         while self._awaiting:
             slot = self._awaiting.popleft()
-            if slot.plan is not None and self._produce is not None:
+            if slot.plan is not None:
                 self._produce.abandon(slot.plan)
 
     def client_eof(self) -> None:
@@ -173,15 +179,7 @@ class Session:
         self._awaiting.append(slot)
 
     def _produce_request(self, slot: _Slot, body: bytes, out: Transmit) -> None:
-        header = slot.header
-        if self._produce is None:
-            request = codec.decode_request(header.api_key, header.api_version, body)
-            out.upstream.append(frame(body))
-            if request.acks != 0:
-                self._order.append(slot)
-                self._awaiting.append(slot)
-            return
-        plan = self._produce.plan(header.api_version, body)
+        plan = self._produce.plan(slot.header.api_version, body)
         if plan.upstream_body is not None:
             out.upstream.append(frame(plan.upstream_body))
         if not plan.expects_response:
@@ -222,7 +220,6 @@ class Session:
     def _produce_response(self, slot: _Slot, body: bytes) -> None:
         plan = slot.plan
         assert plan is not None
-        assert self._produce is not None
         header = slot.header
         response = codec.decode_response(header.api_key, header.api_version, body)
         self._produce.complete(plan, response)
@@ -261,8 +258,6 @@ class Session:
         if header.api_key == ApiKey.API_VERSIONS:
             narrow_api_versions(response)
         else:
-            if header.api_key == ApiKey.PRODUCE and not response.node_endpoints:
-                return body
             rewrite_addresses(header.api_key, response, self._directory)
         return codec.encode(response)
 

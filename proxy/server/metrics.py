@@ -118,9 +118,11 @@ class Metrics:
             registry=r,
         )
         # Every known label value starts at 0, so rate() and increase() see the first event.
-        for result in PRODUCE_RESULTS:
-            self.produce_batches.labels(result)
-            self.produce_records.labels(result)
+        # Labelled children looked up once: .labels() takes a lock on every call (hot path).
+        self._by_result = {
+            result: (self.produce_batches.labels(result), self.produce_records.labels(result))
+            for result in PRODUCE_RESULTS
+        }
         for action in ("pass", "reject"):
             self.non_idempotent_batches.labels(action)
         self.connection_errors.labels("upstream_unreachable")
@@ -148,8 +150,9 @@ class Metrics:
 
     # ProduceObserver protocol of proxy.idempotence.produce
     def produce_batch(self, result: str, records: int) -> None:
-        self.produce_batches.labels(result).inc()
-        self.produce_records.labels(result).inc(records)
+        batches, records_counter = self._by_result[result]
+        batches.inc()
+        records_counter.inc(records)
 
     def non_idempotent(self, action: str) -> None:
         self.non_idempotent_batches.labels(action).inc()
