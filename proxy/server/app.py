@@ -25,7 +25,7 @@ from proxy.idempotence.engine import IdempotenceEngine
 from proxy.routing.directory import BrokerDirectory
 from proxy.routing.session import Shared
 from proxy.server.health import probe_producer_expiry, probe_upstream
-from proxy.server.link import Link, wall_ms
+from proxy.server.link import Connector, Link, wall_ms
 from proxy.server.metrics import Metrics
 from proxy.server.pump import Pump
 
@@ -95,6 +95,8 @@ class Proxy:
         #: Broker listeners that could not be opened: node id -> reason (fails /readyz).
         self.listener_problems: dict[int, str] = {}
         self._probed_at = -1e9
+        #: How links reach brokers; None is the loop's create_connection (tests substitute it).
+        self.connector: Connector | None = None
 
     async def start(self) -> None:
         """Bind the bootstrap listener (and the metrics port when configured).
