@@ -76,7 +76,9 @@ class Proxy:
             inflight_wait_ms=int(config.inflight_wait * 1000),
         )
         self.metrics.watch_producer_state(
-            lambda: self.engine.entries, lambda: self.engine.evictions
+            lambda: self.engine.entries,
+            lambda: self.engine.evictions,
+            lambda: self.engine.expiry_ms,
         )
         self.tasks = TaskSet()
         self.links: dict[int, Link] = {}

@@ -7,16 +7,21 @@ delivering bytes and connection events to the link and reading what it wrote or 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import socket
 import struct
 from collections.abc import Callable
 from typing import Any
 
 import pytest
+from prometheus_client import generate_latest
 
 from proxy.address import Address
-from proxy.config import ProxyConfig
+from proxy.config import ProxyConfig, StartError
+from proxy.errors import REFUSAL_REASONS
 from proxy.server.app import Proxy
 from proxy.server.link import Link
+from proxy.server.metrics import Metrics
 from proxy.wire.frames import frame
 from tests.routing._support import (
     PartitionAnswer,
@@ -206,3 +211,48 @@ async def test_bad_bytes_from_the_broker_end_the_link_and_settle(broker_bytes: b
     assert rig.link.finished
     assert rig.pending == 0
     assert rig.client.aborted
+
+
+# -- start-up and readiness (issue 8, defect 5) -----------------------------------------
+
+
+async def test_a_broker_listener_that_cannot_open_fails_readiness_with_the_reason() -> None:
+    blocker = socket.socket()
+    blocker.bind(("127.0.0.1", 0))
+    blocker.listen()
+    port = blocker.getsockname()[1]
+    try:
+        rig = Rig()
+        rig.proxy.directory.port_base = port - 2
+        rig.proxy.config = dataclasses.replace(
+            rig.proxy.config, listen=Address("127.0.0.1", 0), broker_port_base=port - 2
+        )
+        await rig.proxy.start()
+        rig.proxy.open_broker_listener(2, Address("kafka-2", 9092))
+        reason = await rig.proxy.readiness()
+        assert reason is not None
+        assert f"cannot open the listener for broker 2 on 127.0.0.1:{port}" in reason
+        await rig.proxy.close()
+    finally:
+        blocker.close()
+
+
+async def test_listen_port_in_use_is_a_start_error_naming_the_option() -> None:
+    blocker = socket.socket()
+    blocker.bind(("127.0.0.1", 0))
+    blocker.listen()
+    port = blocker.getsockname()[1]
+    try:
+        rig = Rig()
+        rig.proxy.config = dataclasses.replace(rig.proxy.config, listen=Address("127.0.0.1", port))
+        with pytest.raises(StartError) as info:
+            await rig.proxy.start()
+        assert str(info.value).startswith(f"--listen: cannot listen on 127.0.0.1:{port}: ")
+    finally:
+        blocker.close()
+
+
+def test_every_refusal_reason_is_exported_at_zero_before_any_refusal() -> None:
+    text = generate_latest(Metrics().registry).decode()
+    for reason in REFUSAL_REASONS:
+        assert f'idemproxy_frames_refused_total{{reason="{reason}"}} 0.0' in text
