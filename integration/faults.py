@@ -21,6 +21,7 @@ import collections
 import socket
 import struct
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -39,6 +40,8 @@ class RelayStats:
     )
     acks_dropped: int = 0
     connections: int = 0
+    #: time.monotonic() at which each held produce response was finally passed on
+    held_released: list[float] = field(default_factory=list)
 
     @property
     def duplicate_batches(self) -> int:
@@ -85,6 +88,8 @@ class LostAckRelay:
         self.stats = RelayStats()
         self._drop_budget = 0
         self._drop_every = 0
+        self._hold_budget = 0
+        self._hold_seconds = 0.0
         self._produce_acks_seen = 0
         self._lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -104,6 +109,20 @@ class LostAckRelay:
         """Drop every k-th produce response from now on (0 turns it off)."""
         with self._lock:
             self._drop_every = k
+
+    def hold_next_acks(self, n: int, seconds: float) -> None:
+        """Pass the next n produce responses on only after `seconds` (a slow broker answer;
+        later responses on the same connection wait behind it, as Kafka's ordering demands)."""
+        with self._lock:
+            self._hold_budget += n
+            self._hold_seconds = seconds
+
+    def _hold_for(self) -> float:
+        with self._lock:
+            if self._hold_budget > 0:
+                self._hold_budget -= 1
+                return self._hold_seconds
+            return 0.0
 
     def _should_drop(self) -> bool:
         with self._lock:
@@ -192,6 +211,10 @@ class LostAckRelay:
                 while data := await sreader.read(65536):
                     for f in frames.feed(data):
                         api_key = pending.popleft() if pending else -1
+                        hold = self._hold_for() if api_key == PRODUCE else 0.0
+                        if hold:
+                            await asyncio.sleep(hold)
+                            self.stats.held_released.append(time.monotonic())
                         if api_key == PRODUCE and self._should_drop():
                             self.stats.acks_dropped += 1
                             _reset(cwriter)
