@@ -107,6 +107,15 @@ class Proxy:
         """
         listen = self.config.listen
         bootstrap = self.upstream_targets
+        # The management port first: once clients can connect, /metrics and /readyz answer.
+        if self.config.metrics_listen is not None:
+            from proxy.server.http import start_http
+
+            try:
+                self._http = await start_http(self, self.config.metrics_listen)
+            except OSError as exc:
+                reason = exc.strerror or str(exc)
+                raise StartError("metrics_listen", self.config.metrics_listen, reason) from exc
         try:
             server = await asyncio.get_running_loop().create_server(
                 lambda: self._accept(bootstrap, "bootstrap"),
@@ -115,20 +124,12 @@ class Proxy:
                 reuse_address=True,
             )
         except OSError as exc:
+            if self._http is not None:
+                self._http.close()
             raise StartError("listen", listen, exc.strerror or str(exc)) from exc
         self._servers.append(server)
         sockname = server.sockets[0].getsockname()
         self.bootstrap_address = Address(listen.host, int(sockname[1]))
-        if self.config.metrics_listen is not None:
-            from proxy.server.http import start_http
-
-            try:
-                self._http = await start_http(self, self.config.metrics_listen)
-            except OSError as exc:
-                server.close()
-                raise StartError(
-                    "metrics-listen", self.config.metrics_listen, exc.strerror or str(exc)
-                ) from exc
         self.tasks.spawn(self._watch_upstream(), name="upstream probe")
         log.info(
             "listening",
