@@ -8,7 +8,9 @@ outcome and retries: exactly the retry idempotence must absorb.
 
 It also counts what passes towards the server: every produce batch identity
 (producer id, epoch, first sequence, partition) seen, so a test can tell whether
-a retried batch reached the broker.
+a retried batch reached the broker. With ``capture=True`` it also keeps every
+relayed produce batch's bytes (``RelayStats.produced``), marked when its
+acknowledgement was the one dropped, for tests that look at how clients retry.
 
 Independent of the proxy's code on purpose: frames are split here and bodies
 decoded with kafka-python, so a bug in the proxy's parser cannot hide itself.
@@ -24,10 +26,24 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from kafka.protocol.producer import ProduceRequest
+from kafka.protocol.producer import ProduceRequest, ProduceResponse
 
 PRODUCE = 0
 _HDR = struct.Struct(">hhi")
+
+
+@dataclass
+class RelayedBatch:
+    """One partition's record batch in a produce request the relay passed to the server."""
+
+    connection: int  #: relay connection number (1-based, in accept order)
+    request: int  #: produce request number across the relay (1-based, in relay order)
+    topic: str  #: topic name, or the topic id as text for Produce v13+
+    partition: int
+    records: bytes  #: the record batch bytes as relayed (v2: decode with kafka.record)
+    ack_dropped: bool = False  #: this request's response was the one dropped
+    #: the broker's error code for this partition (None: no answer reached the relay)
+    error_code: int | None = None
 
 
 @dataclass
@@ -39,6 +55,8 @@ class RelayStats:
     )
     acks_dropped: int = 0
     connections: int = 0
+    #: every relayed produce batch, in order (only with ``LostAckRelay(capture=True)``)
+    produced: list[RelayedBatch] = field(default_factory=list)
 
     @property
     def duplicate_batches(self) -> int:
@@ -57,6 +75,27 @@ def _batch_ids(version: int, body: bytes) -> list[tuple[str, int, int, int, int]
                 pid, epoch, seq = struct.unpack_from(">qhi", rec, 43)
                 ids.append((name, part.index, pid, epoch, seq))
     return ids
+
+
+def _relayed(req: ProduceRequest, version: int, conn: int, number: int) -> list[RelayedBatch]:
+    out = []
+    for topic in req.topic_data:
+        name = str(topic.topic_id) if version >= 13 else topic.name
+        for part in topic.partition_data:
+            if part.records:
+                out.append(RelayedBatch(conn, number, name, part.index, bytes(part.records)))
+    return out
+
+
+def _answered(seen: list[RelayedBatch], version: int, body: bytes) -> None:
+    resp = ProduceResponse.decode(body, version=version, header=True)
+    codes = {}
+    for topic in resp.responses:
+        name = str(topic.topic_id) if version >= 13 else topic.name
+        for part in topic.partition_responses:
+            codes[name, part.index] = part.error_code
+    for batch in seen:
+        batch.error_code = codes.get((batch.topic, batch.partition))
 
 
 class _Frames:
@@ -78,7 +117,10 @@ class _Frames:
 class LostAckRelay:
     """Relays listen_host:port -> target_host:port for each port; drops produce acks on demand."""
 
-    def __init__(self, listen_host: str, target_host: str, ports: list[int]) -> None:
+    def __init__(
+        self, listen_host: str, target_host: str, ports: list[int], *, capture: bool = False
+    ) -> None:
+        self.capture = capture
         self.listen_host = listen_host
         self.target_host = target_host
         self.ports = list(ports)
@@ -162,27 +204,35 @@ class LostAckRelay:
     def _handler(self, port: int) -> Callable[[asyncio.StreamReader, asyncio.StreamWriter], object]:
         async def handle(creader: asyncio.StreamReader, cwriter: asyncio.StreamWriter) -> None:
             self.stats.connections += 1
+            conn_no = self.stats.connections
             try:
                 sreader, swriter = await asyncio.open_connection(self.target_host, port)
             except OSError:
                 cwriter.close()
                 return
-            pending: collections.deque[int] = collections.deque()  # api key per awaited response
+            # api key, version and captured batches per awaited response
+            pending: collections.deque[tuple[int, int, list[RelayedBatch]]] = collections.deque()
 
             async def upstream() -> None:
                 frames = _Frames()
                 while data := await creader.read(65536):
                     for f in frames.feed(data):
+                        if swriter.is_closing():
+                            return  # an ack was dropped: what the client sent since is lost
                         api_key, version, _corr = _HDR.unpack_from(f, 4)
                         expects = True
+                        seen: list[RelayedBatch] = []
                         if api_key == PRODUCE:
                             self.stats.produce_requests += 1
                             for batch in _batch_ids(version, f[4:]):
                                 self.stats.batches[batch] += 1
-                            acks = ProduceRequest.decode(f[4:], version=version, header=True).acks
-                            expects = acks != 0
+                            req = ProduceRequest.decode(f[4:], version=version, header=True)
+                            expects = req.acks != 0
+                            if self.capture:
+                                seen = _relayed(req, version, conn_no, self.stats.produce_requests)
+                                self.stats.produced.extend(seen)
                         if expects:
-                            pending.append(api_key)
+                            pending.append((api_key, version, seen))
                         swriter.write(f)
                     await swriter.drain()
                 swriter.close()
@@ -191,9 +241,13 @@ class LostAckRelay:
                 frames = _Frames()
                 while data := await sreader.read(65536):
                     for f in frames.feed(data):
-                        api_key = pending.popleft() if pending else -1
+                        api_key, version, seen = pending.popleft() if pending else (-1, 0, [])
+                        if seen:
+                            _answered(seen, version, f[4:])
                         if api_key == PRODUCE and self._should_drop():
                             self.stats.acks_dropped += 1
+                            for batch in seen:
+                                batch.ack_dropped = True
                             _reset(cwriter)
                             swriter.close()
                             return
