@@ -6,6 +6,10 @@ response after the broker has written the batch, resetting the client's
 connection (RST) and closing the server side. The producer never learns the
 outcome and retries: exactly the retry idempotence must absorb.
 
+Instead of dropping, it can also turn a produce answer into a retriable error
+(``error_next_acks``): the batch was written, the client is told it was not, as
+with REQUEST_TIMED_OUT after the leader appended but replication lagged.
+
 It also counts what passes towards the server: every produce batch identity
 (producer id, epoch, first sequence, partition) seen, so a test can tell whether
 a retried batch reached the broker. With ``capture=True`` it also keeps every
@@ -44,6 +48,8 @@ class RelayedBatch:
     ack_dropped: bool = False  #: this request's response was the one dropped
     #: the broker's error code for this partition (None: no answer reached the relay)
     error_code: int | None = None
+    #: the error the relay answered instead of the broker's success (0: none)
+    answered_error: int = 0
 
 
 @dataclass
@@ -54,6 +60,7 @@ class RelayStats:
         default_factory=collections.Counter
     )
     acks_dropped: int = 0
+    acks_turned_into_errors: int = 0
     connections: int = 0
     #: every relayed produce batch, in order (only with ``LostAckRelay(capture=True)``)
     produced: list[RelayedBatch] = field(default_factory=list)
@@ -98,6 +105,17 @@ def _answered(seen: list[RelayedBatch], version: int, body: bytes) -> None:
         batch.error_code = codes.get((batch.topic, batch.partition))
 
 
+def _with_error(frame: bytes, version: int, code: int) -> bytes:
+    """The produce response frame with every partition's answer replaced by ``code``."""
+    resp = ProduceResponse.decode(frame[4:], version=version, header=True)
+    for topic in resp.responses:
+        for part in topic.partition_responses:
+            part.error_code = code
+            part.base_offset = -1
+    body = bytes(resp.encode(header=True))
+    return struct.pack(">i", len(body)) + body
+
+
 class _Frames:
     def __init__(self) -> None:
         self.buf = bytearray()
@@ -127,6 +145,8 @@ class LostAckRelay:
         self.stats = RelayStats()
         self._drop_budget = 0
         self._drop_every = 0
+        self._error_budget = 0
+        self._error_code = 0
         self._produce_acks_seen = 0
         self._lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -141,6 +161,23 @@ class LostAckRelay:
         """Drop the next n produce responses (each followed by a connection reset)."""
         with self._lock:
             self._drop_budget += n
+
+    def error_next_acks(self, n: int = 1, error_code: int = 7) -> None:
+        """Answer the next n produce requests with error_code (default REQUEST_TIMED_OUT).
+
+        With ``capture=True`` only answers where the broker reported success for every
+        partition count, so the batch is known to be written; without, any answer.
+        """
+        with self._lock:
+            self._error_budget += n
+            self._error_code = error_code
+
+    def _should_error(self) -> int:
+        with self._lock:
+            if self._error_budget > 0:
+                self._error_budget -= 1
+                return self._error_code
+            return 0
 
     def drop_every(self, k: int) -> None:
         """Drop every k-th produce response from now on (0 turns it off)."""
@@ -251,6 +288,12 @@ class LostAckRelay:
                             _reset(cwriter)
                             swriter.close()
                             return
+                        written = all(b.error_code == 0 for b in seen)  # (all, without capture)
+                        if api_key == PRODUCE and written and (code := self._should_error()):
+                            self.stats.acks_turned_into_errors += 1
+                            for batch in seen:
+                                batch.answered_error = code
+                            f = _with_error(f, version, code)
                         cwriter.write(f)
                     await cwriter.drain()
                 cwriter.close()
