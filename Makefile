@@ -2,7 +2,7 @@
 PYTHON ?= python3
 PIP ?= $(PYTHON) -m pip
 
-.PHONY: install install-test demo test lint unit integration
+.PHONY: install install-test demo test lint unit integration soak
 
 # The proxy, the test clients and the Apache Kafka jars (Maven Central, cached in ~/.cache/idemproxy).
 install:
@@ -36,3 +36,8 @@ integration:
 
 # The whole test suite.
 test: install-test lint unit integration
+
+# Not in `make test`: 10 minutes of steady idempotent producers through the proxy,
+# sampling its RSS and producer-state size (python -m integration.soak --help).
+soak: install
+	$(PYTHON) -m integration.soak --minutes $${MINUTES:-10}

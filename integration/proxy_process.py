@@ -104,6 +104,17 @@ class ProxyProcess:
                 total += float(value)
         return total
 
+    def open_fds(self) -> int:
+        """File descriptors the proxy process holds (/proc/PID/fd)."""
+        return len(os.listdir(f"/proc/{self.pid}/fd"))
+
+    def rss_kib(self) -> int:
+        """Resident memory of the proxy process in KiB (VmRSS of /proc/PID/status)."""
+        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+        raise RuntimeError(f"no VmRSS in /proc/{self.pid}/status")
+
     def log(self) -> str:
         try:
             return self.log_path.read_text(errors="replace")[-20000:]

@@ -9,7 +9,6 @@ waits are bounded polls that end as soon as the count is reached.
 from __future__ import annotations
 
 import asyncio
-import os
 import socket
 import struct
 import time
@@ -26,18 +25,6 @@ pytestmark = [pytest.mark.broker, pytest.mark.slow]
 
 _CLIENT_ID = b"idemproxy-load"
 _API_VERSIONS, _METADATA = 18, 3
-
-
-def open_fds(pid: int) -> int:
-    return len(os.listdir(f"/proc/{pid}/fd"))
-
-
-def rss_kib(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    raise RuntimeError(f"no VmRSS for {pid}")
 
 
 def gauges(proxy: ProxyProcess) -> tuple[float, float]:
@@ -102,7 +89,7 @@ def proxy(kafka_cluster: Cluster) -> Iterator[ProxyProcess]:
 
 
 def _settled(proxy: ProxyProcess, want: tuple[float, float], fds: int) -> Callable[[], bool]:
-    return lambda: gauges(proxy) == want and open_fds(proxy.pid) <= fds
+    return lambda: gauges(proxy) == want and proxy.open_fds() <= fds
 
 
 CROWD = 300
@@ -131,7 +118,7 @@ def test_300_connections_at_once_5_times_leave_fds_rss_and_gauges_at_baseline(
     def while_held() -> None:
         nonlocal peak_fds
         held.append(gauges(proxy))
-        peak_fds = max(peak_fds, open_fds(proxy.pid))
+        peak_fds = max(peak_fds, proxy.open_fds())
 
     def one_round(n: int) -> None:
         answers = asyncio.run(_crowd(proxy.listen_port, CROWD, while_held))
@@ -144,7 +131,7 @@ def test_300_connections_at_once_5_times_leave_fds_rss_and_gauges_at_baseline(
     one_round(0)  # warm-up: imports, the heap at its 300-connection size, the producer path
     assert wait_until(lambda: gauges(proxy) == (0, 0), 30), gauges(proxy)
     base_gauges = gauges(proxy)
-    base_fds, base_rss = open_fds(proxy.pid), rss_kib(proxy.pid)
+    base_fds, base_rss = proxy.open_fds(), proxy.rss_kib()
 
     for n in range(1, ROUNDS + 1):
         assert wait_until(lambda: gauges(proxy) == base_gauges, 30), (n, gauges(proxy))
@@ -154,7 +141,7 @@ def test_300_connections_at_once_5_times_leave_fds_rss_and_gauges_at_baseline(
         assert upstream_gauge == base_gauges[1] + CROWD, f"round {n}: one upstream each"
 
     settled = wait_until(_settled(proxy, base_gauges, base_fds + FD_SLACK), 30)
-    end_gauges, end_fds, end_rss = gauges(proxy), open_fds(proxy.pid), rss_kib(proxy.pid)
+    end_gauges, end_fds, end_rss = gauges(proxy), proxy.open_fds(), proxy.rss_kib()
     got = Counter(clients.kafka_python_consume(proxy.bootstrap, topic_name, len(values)))
     seconds = round(time.monotonic() - began, 1)
     figures = {
@@ -195,7 +182,7 @@ def test_500_half_sent_frames_held_open_do_not_stop_a_real_producer(
     warm = clients.payloads(50, tag=f"{topic_name}-warm")
     assert clients.kafka_python_produce(proxy.bootstrap, topic_name, warm) == len(warm)
     assert wait_until(lambda: gauges(proxy) == (0, 0), 30), gauges(proxy)
-    base_gauges, base_fds = gauges(proxy), open_fds(proxy.pid)
+    base_gauges, base_fds = gauges(proxy), proxy.open_fds()
 
     stalled: list[socket.socket] = []
     try:
@@ -228,7 +215,7 @@ def test_500_half_sent_frames_held_open_do_not_stop_a_real_producer(
         "read": sum(got.values()),
         "produce_seconds": produce_seconds,
         "fds_baseline": base_fds,
-        "fds_end": open_fds(proxy.pid),
+        "fds_end": proxy.open_fds(),
         "gauges_end": gauges(proxy),
     }
     request.node.user_properties.extend(figures.items())
