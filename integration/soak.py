@@ -23,11 +23,11 @@ from __future__ import annotations
 
 import argparse
 import sys
-import threading
 import time
 import uuid
 from dataclasses import dataclass
 
+from integration.clients import SteadyProducer
 from integration.proxy_process import ProxyProcess
 
 
@@ -40,50 +40,6 @@ class Sample:
     clients: int
     upstreams: int
     acked: int
-
-
-class SteadyProducer(threading.Thread):
-    """One idempotent producer sending `rate` unique records a second until stopped."""
-
-    def __init__(self, bootstrap: str, topic: str, rate: int, name: str) -> None:
-        super().__init__(name=name, daemon=True)
-        self.bootstrap, self.topic, self.rate = bootstrap, topic, rate
-        self.acked = 0
-        self.errors: list[str] = []
-        self.sent = 0
-        self.stop = threading.Event()
-
-    def _report(self, err: object, _msg: object) -> None:
-        if err is None:
-            self.acked += 1
-        else:
-            self.errors.append(str(err))
-
-    def run(self) -> None:
-        from confluent_kafka import Producer
-
-        producer = Producer(
-            {
-                "bootstrap.servers": self.bootstrap,
-                "enable.idempotence": True,
-                "linger.ms": 5,
-                "message.timeout.ms": 120000,
-            }
-        )
-        began = time.monotonic()
-        while not self.stop.is_set():
-            due = int((time.monotonic() - began) * self.rate)
-            while self.sent < due:
-                try:
-                    producer.produce(self.topic, f"{self.name}-{self.sent:09d}".encode(),
-                                     on_delivery=self._report)  # fmt: skip
-                except BufferError:
-                    break
-                self.sent += 1
-            producer.poll(0.05)
-        remaining = producer.flush(60)
-        if remaining:
-            self.errors.append(f"{remaining} records still queued after flush")
 
 
 def _metric(proxy: ProxyProcess, name: str) -> int:
@@ -177,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
             for p in producers:
                 p.stop.set()
             for p in producers:
-                p.join(timeout=90)
+                p.finish()
             result = verdict(samples, args.warmup, int(args.rss_slack_mib * 1024))
             sent = sum(p.sent for p in producers)
             acked = sum(p.acked for p in producers)
