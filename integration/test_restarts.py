@@ -116,7 +116,7 @@ def _rebalance(cluster: Cluster, topic: str) -> bool:
     return wait_until(lambda: _balanced(cluster, topic), 30)
 
 
-@pytest.mark.timeout(300 + 60 * RESTARTS)  # generous: the bound is for a wedged run
+@pytest.mark.timeout(300 + 100 * RESTARTS)  # generous: the bound is for a wedged run
 def test_ten_rolling_broker_restarts_under_idempotent_produce_lose_and_double_nothing(
     kafka_cluster3: Cluster, topic_name: str, request: pytest.FixtureRequest
 ) -> None:
