@@ -136,6 +136,7 @@ def test_ten_rolling_broker_restarts_under_idempotent_produce_lose_and_double_no
             assert producer.wait_acked(100, 60), producer.errors[:5]
             reconnected: list[int] = []
             accepted: list[int] = []
+            phases: Counter[str] = Counter()  # seconds spent, reported only
             for i in range(RESTARTS):
                 node = cluster.node_ids()[i % 3]
                 assert _rebalance(cluster, topic_name), (i, _partitions(cluster, topic_name))
@@ -143,10 +144,16 @@ def test_ten_rolling_broker_restarts_under_idempotent_produce_lose_and_double_no
                        if leader == node]  # fmt: skip
                 assert led, f"restart {i}: node {node} leads a partition the producer writes"
                 before = proxy.metric("idemproxy_client_connections_accepted_total")
+                t0 = time.monotonic()
                 cluster.stop_node(node)
+                t1 = time.monotonic()
                 cluster.start_node(node)
+                t2 = time.monotonic()
                 # Back as the leader of its partitions: the producer must reach it again.
                 assert _rebalance(cluster, topic_name), (i, _partitions(cluster, topic_name))
+                phases["stop"] += t1 - t0
+                phases["start"] += t2 - t1
+                phases["rebalance"] += time.monotonic() - t2
                 marks = {p: producer.acked_by_partition[p] for p in led}
                 if wait_until(
                     lambda: all(producer.acked_by_partition[p] >= marks[p] + 20 for p in led),  # noqa: B023
@@ -166,6 +173,7 @@ def test_ten_rolling_broker_restarts_under_idempotent_produce_lose_and_double_no
         accepted_per_restart=accepted,  # type: ignore[dict-item]
         seconds=round(time.monotonic() - began),
     )
+    figures.update({f"{k}_seconds": round(v) for k, v in phases.items()})
     request.node.user_properties.extend(figures.items())
     print(request.node.name, figures)  # noqa: T201
     assert len(reconnected) == RESTARTS, f"writes resumed on the restarted leader: {reconnected}"
