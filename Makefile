@@ -13,7 +13,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install install-test demo broker test lint unit integration clean-venv
+.PHONY: install install-test demo broker test lint unit integration soak clean-venv
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -62,6 +62,11 @@ integration: install
 
 # The whole test suite.
 test: install-test lint unit integration
+
+# Not in `make test`: 10 minutes of steady idempotent producers through the proxy,
+# sampling its RSS and producer-state size (python -m integration.soak --help).
+soak: install
+	$(PY) -m integration.soak --minutes $${MINUTES:-10}
 
 # Start over with a new virtual environment on the next make.
 clean-venv:

@@ -81,7 +81,9 @@ class ProxyProcess:
     def broker_port(self, node_id: int) -> int:
         return self.broker_port_base + node_id
 
-    def start(self, timeout: float = 20.0) -> ProxyProcess:
+    def start(self, timeout: float = 60.0) -> ProxyProcess:
+        # 60 s, not less: on the shared 2-core machine under load (load average 11 seen)
+        # a fresh interpreter took 21 s from exec to listening.
         cmd = [
             sys.executable, "-m", "proxy", "serve",
             "--upstream", self.upstream,
@@ -131,6 +133,17 @@ class ProxyProcess:
                 total += float(value)
         return total
 
+    def open_fds(self) -> int:
+        """File descriptors the proxy process holds (/proc/PID/fd)."""
+        return len(os.listdir(f"/proc/{self.pid}/fd"))
+
+    def rss_kib(self) -> int:
+        """Resident memory of the proxy process in KiB (VmRSS of /proc/PID/status)."""
+        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+        raise RuntimeError(f"no VmRSS in /proc/{self.pid}/status")
+
     def log(self) -> str:
         if self._saved_log is not None:
             return self._saved_log[-20000:]
@@ -169,6 +182,15 @@ class ProxyProcess:
         except OSError:
             self._saved_log = ""
         self.log_path.unlink(missing_ok=True)
+
+    def kill(self) -> int:
+        """SIGKILL the proxy (a crash: no shutdown, no flush) and reap it; returns its exit
+        status. `start()` afterwards runs a fresh process on the same ports."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        code = self.proc.wait(timeout=15)
+        self.proc = None
+        return code
 
     def __enter__(self) -> ProxyProcess:
         return self.start()
