@@ -56,7 +56,11 @@ def test_java_verifiable_producer_through_lost_acks_and_a_broker_restart(
             )
         )
         producer.start()
-        time.sleep(3)
+        # Restart the broker once the producer is well under way (a fixed sleep raced a slow
+        # JVM start on a loaded machine: the stream then went out in a handful of requests).
+        deadline = time.monotonic() + 120
+        while proxied.client_relay.stats.produce_requests < 40 and time.monotonic() < deadline:
+            time.sleep(0.1)
         (node,) = rig.cluster.node_ids()
         rig.cluster.stop_node(node)  # the broker goes away mid-stream...
         time.sleep(1)
@@ -70,7 +74,12 @@ def test_java_verifiable_producer_through_lost_acks_and_a_broker_restart(
         values = console_consume(proxied.bootstrap, topic_name, MESSAGES + 100)
         counts = Counter(values)
         request.node.user_properties.extend(
-            [("acks_lost", dropped), ("answered_by_proxy", duplicates), ("read", len(values))]
+            [
+                ("acks_lost", dropped),
+                ("answered_by_proxy", duplicates),
+                ("read", len(values)),
+                ("produce_requests", proxied.client_relay.stats.produce_requests),
+            ]
         )
         print(request.node.name, dict(request.node.user_properties))  # noqa: T201
         assert sent.failed == []
