@@ -39,6 +39,7 @@ from proxy.wire.produce import (
     ResponseTopicEntries,
     encode_partition_answer,
     encode_response,
+    opaque_produce_acks,
 )
 
 _UNTRACKED = Send(None)
@@ -104,8 +105,12 @@ class ProduceHandler(BaseHandler):
         check_cap(exchange, self._cap)
         if exchange.header.api_version < MIN_VERSION:
             # Produce v0-2 carry magic 0/1 message sets, which have no producer ids (and
-            # Kafka 4 brokers refuse them, KIP-896): the broker's to judge, opaque.
-            session.forward(exchange, body, out, tag=_OPAQUE)
+            # Kafka 4 brokers refuse them, KIP-896): the broker's to judge, opaque but for
+            # acks (int16 right after the v1 header), which says whether an answer comes.
+            acks = opaque_produce_acks(body)
+            session.forward(exchange, body, out, tag=_OPAQUE, expect_response=acks != 0)
+            if acks == 0:
+                exchange.response = b""
             return
         view = ProduceRequestView(body, exchange.header.api_version)
         now = self._coord.clock_ms()

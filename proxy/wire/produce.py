@@ -159,6 +159,16 @@ def _topic_key(buf: bytes, pos: int, version: int, flexible: bool) -> tuple[Topi
         raise DecodeError("topic name is not UTF-8") from None
 
 
+def opaque_produce_acks(body: bytes) -> int:
+    """The acks of a Produce v0-v2 request (acks int16 follows the v1 request header)."""
+    try:
+        pos = request_header_length(body, False)
+        (acks,) = _I16.unpack_from(body, pos)
+    except (FrameError, struct.error):
+        raise DecodeError("Produce v0-v2 request too short for its acks") from None
+    return int(acks)
+
+
 def _check_version(version: int) -> None:
     if not MIN_VERSION <= version <= MAX_VERSION:
         raise DecodeError(f"Produce v{version} is outside v{MIN_VERSION}-v{MAX_VERSION}")

@@ -1008,6 +1008,22 @@ def test_magic_1_message_set_is_forwarded_for_the_broker_to_judge(version: int) 
     assert sent.upstream == [frame(body)]
 
 
+@pytest.mark.parametrize(("acks", "answered"), [(1, True), (-1, True), (0, False)])
+def test_produce_v2_is_opaque_but_its_acks_decide_whether_an_answer_comes(
+    acks: int, answered: bool
+) -> None:
+    proxy = Proxy()
+    conn = proxy.connect()
+    request = produce_request_with(2, one("orders", 0, _legacy_message_set()), acks=acks)
+    body, sent = conn.send(request, 1)
+    assert sent.upstream == [frame(body)]
+    assert conn.session.awaiting_upstream == (1 if answered else 0)
+    if answered:
+        reply = struct.pack(">i", 1) + b"opaque v2 answer"
+        got = conn.session.receive_upstream(frame(reply))
+        assert got.client == [frame(reply)]
+
+
 # -- every forwarded batch is settled on every exit path (issue 8, defect 1) -------------
 
 
