@@ -360,7 +360,7 @@ class ProducePathAgainstBroker(RuleBasedStateMachine):
 
     # -- time --------------------------------------------------------------------
 
-    @rule(ms=st.integers(1, 1_500))
+    @rule(ms=st.sampled_from([1, 250, WAIT_MS - 1, WAIT_MS, 2 * WAIT_MS]))
     def time_passes(self, ms: int) -> None:
         self.now += ms
 
