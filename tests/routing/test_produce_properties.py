@@ -32,6 +32,10 @@ the client receives W):
 
 `RecordingCoordinator` only tells the test which engine ticket belongs to which forwarded batch
 and which retry waits on which: every expected answer comes from the model broker.
+
+Known bug, kept out of the machine's way until fixed (see `_issue_late_part` and the strict
+xfail at the end): a timer is not fired on a connection where it would forward a held retry
+while the retry's request still has its own frame upstream.
 """
 
 from __future__ import annotations
