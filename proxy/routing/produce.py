@@ -49,11 +49,12 @@ _OPAQUE = object()  # tag of a request forwarded without a plan
 class _Part:
     """One partition of a client's Produce request and what became of it."""
 
-    __slots__ = ("entry", "local", "p", "sent", "ticket", "waiter")
+    __slots__ = ("entry", "late", "local", "p", "sent", "ticket", "waiter")
 
     def __init__(self, p: ProducePartition) -> None:
         self.p = p
         self.sent = False  # forwarded (in the client's request or, after a wait, one of ours)
+        self.late = False  # forwarded after a wait, in a request of the proxy's own
         self.ticket: int | None = None
         self.local: Answer | None = None  # answered by the proxy
         self.waiter: Waiter | None = None  # waiting for an identical batch in flight
@@ -199,8 +200,10 @@ class ProduceHandler(BaseHandler):
                     )
         acks_all = plan.view.acks == -1
         now = self._coord.clock_ms()
+        # The client's own request carried the parts sent at once; a late part has its own
+        # request and is settled only by that request's answer.
         answered: Iterable[_Part] = (
-            (p for p in plan.parts if p.sent and p.entry is None) if tag is None else tag  # type: ignore[assignment]
+            (p for p in plan.parts if p.sent and not p.late) if tag is None else tag  # type: ignore[assignment]
         )
         for part in answered:
             r = results.get((part.p.topic, part.p.partition))
@@ -268,6 +271,7 @@ class ProduceHandler(BaseHandler):
             assert waiter is not None
             part.waiter = None
             part.sent = True
+            part.late = True
             decision = self._coord.decide_forward(waiter.tp, waiter.batch, waiter.records, now_ms)
             if decision.ticket is not None:
                 part.ticket = decision.ticket

@@ -33,9 +33,8 @@ the client receives W):
 `RecordingCoordinator` only tells the test which engine ticket belongs to which forwarded batch
 and which retry waits on which: every expected answer comes from the model broker.
 
-Known bug, kept out of the machine's way until fixed (see `_issue_late_part` and the strict
-xfail at the end): a timer is not fired on a connection where it would forward a held retry
-while the retry's request still has its own frame upstream.
+Found by this machine and fixed: a held retry forwarded by its timer while its request's own
+frame was still upstream was settled as unknown by that frame's answer (see the last test).
 """
 
 from __future__ import annotations
@@ -373,7 +372,7 @@ class ProducePathAgainstBroker(RuleBasedStateMachine):
         """The server calls on_timer of every session whose deadline has passed."""
         for c in self.open_conns():
             deadline = c.session.next_deadline()
-            if deadline is not None and deadline <= self.now and not _issue_late_part(c):
+            if deadline is not None and deadline <= self.now:
                 self.timer(c)
 
     # -- invariants ----------------------------------------------------------------
@@ -715,17 +714,6 @@ class ProducePathAgainstBroker(RuleBasedStateMachine):
         return self.conns[p.waiter.owner]
 
 
-def _issue_late_part(c: Conn) -> bool:
-    """Known bug (test_a_late_forwarded_part_is_not_settled_by_its_requests_first_response):
-    a held retry forwarded by on_timer while its request's own frame is still upstream is
-    settled as unknown by that frame's response. The machine does not fire such timers."""
-    return any(
-        any(p.how == "waiting" for p in r.parts)
-        and any(p.how == "sent" and p.flight and not p.flight.settled for p in r.parts)
-        for r in c.requests
-    )
-
-
 def _version_of(body: bytes) -> int:
     (_, version) = struct.unpack_from(">hh", body)
     return version
@@ -740,16 +728,9 @@ TestProducePathAgainstBroker.settings = settings(
 )
 
 
-# -- found by the machine ---------------------------------------------------------------
+# -- found by the machine (failed before the fix in ProduceHandler.response) -------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="ProduceHandler.response: a response to the client's own frame (tag None) takes "
-    "every sent part without an entry, including one on_timer forwarded in a later frame of "
-    "its own, and settles that part's ticket as unknown (REQUEST_TIMED_OUT) while it is "
-    "still in flight",
-)
 def test_a_late_forwarded_part_is_not_settled_by_its_requests_first_response() -> None:
     now = [NOW]
     coordinator = ProduceCoordinator(
