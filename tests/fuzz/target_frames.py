@@ -1,0 +1,86 @@
+"""Target ``frames``: a client's byte stream through everything the proxy reads of requests.
+
+The input is what a client sends: length-prefixed request frames. It is fed to a
+``FrameDecoder`` in chunks whose sizes (and the decoder's maximum frame size) are
+derived from the input itself, so a failing input replays identically. Each frame then
+goes through the request header peek, ``request_header_length`` and, for the APIs the
+proxy decodes, ``codec.decode_request``, a re-encode (the proxy re-encodes a Produce
+request it answered in part) and, for Produce, the batch header reader on every
+partition's records.
+"""
+
+from __future__ import annotations
+
+import random
+import zlib
+
+from proxy.errors import ProxyError
+from proxy.wire import codec
+from proxy.wire.apis import ApiKey
+from proxy.wire.batch import count_batches, read_batch_header
+from proxy.wire.frames import DEFAULT_MAX_FRAME_BYTES, FrameDecoder
+from proxy.wire.headers import peek_request_header, request_header_length
+from tests.fuzz._common import DECODED_APIS, flexible_request, must_not_raise
+
+_SMALL_LIMITS = (1, 8, 64, 4096)
+
+
+def _chunks(data: bytes) -> tuple[int, list[bytes]]:
+    """A maximum frame size and a split of data into chunks, both chosen by data's CRC."""
+    rng = random.Random(zlib.crc32(data))
+    limit = rng.choice(_SMALL_LIMITS) if rng.random() < 0.125 else DEFAULT_MAX_FRAME_BYTES
+    chunks = []
+    pos = 0
+    while pos < len(data):
+        size = rng.choice((1, 2, 3, 4, 5, 7, 64, 1024, len(data)))
+        chunks.append(data[pos : pos + size])
+        pos += size
+    return limit, chunks
+
+
+def check_request(body: bytes) -> None:
+    """Everything the proxy may read of one request frame's body."""
+    header = must_not_raise("peek_request_header", peek_request_header, body)
+    if header is None:
+        return
+    for flexible in (False, True):
+        length = must_not_raise("request_header_length", request_header_length, body, flexible)
+        assert length is None or 10 <= length <= len(body), (length, len(body))
+    if header.api_key not in DECODED_APIS:
+        return
+    if not 0 <= header.api_version <= codec.codec_max_version(header.api_key):
+        return
+    must_not_raise(
+        "request_header_length",
+        request_header_length,
+        body,
+        flexible_request(header.api_key, header.api_version),
+    )
+    request = must_not_raise(
+        "decode_request", codec.decode_request, header.api_key, header.api_version, body
+    )
+    if request is None:
+        return
+    if header.api_key == ApiKey.PRODUCE:
+        for topic in request.topic_data:
+            for partition in topic.partition_data:
+                records = partition.records
+                if records:
+                    must_not_raise("read_batch_header", read_batch_header, records)
+                    must_not_raise("count_batches", count_batches, records)
+    must_not_raise("encode(request)", codec.encode, request)
+
+
+def test_one_input(data: bytes) -> None:
+    limit, chunks = _chunks(data)
+    decoder = FrameDecoder(limit)
+    try:
+        for chunk in chunks:
+            for body in decoder.feed(chunk):
+                assert len(body) <= limit, (len(body), limit)
+                check_request(body)
+            # The decoder holds at most what it was given: never what a prefix claims.
+            assert decoder.buffered <= len(data), (decoder.buffered, len(data))
+        decoder.eof()
+    except ProxyError:
+        return
