@@ -87,22 +87,44 @@ def _classes(api_key: int, version: int) -> tuple[Any, Any]:
     return pair
 
 
-def decode_request(api_key: int, version: int, body: bytes) -> Any:
-    """Decode a request body (header included) into kafka-python's message object."""
-    cls = _classes(api_key, version)[0]
+def _reject_nulls(struct: Any, item: Any, version: int, where: str) -> None:
+    """Raise DecodeError for a null in a field its schema does not allow to be null.
+
+    kafka-python decodes a length of -1 as None for every array and string, nullable
+    or not; Kafka's own parsers reject it ("non-nullable field ... was serialized as
+    null"), and the proxy's code iterates those arrays. Tagged fields are left alone.
+    """
+    for name, field in struct.fields.items():
+        if not field.for_version_q(version) or field.tagged_field_q(version):
+            continue
+        value = getattr(item, name, None)
+        if value is None:
+            if not field.nullable_for_version_q(version):
+                raise DecodeError(f"{where}: non-nullable field {name} is null")
+        elif field.is_struct_array():
+            for element in value:
+                _reject_nulls(field, element, version, where)
+        elif field.is_struct():
+            _reject_nulls(field, value, version, where)
+
+
+def _decode(cls: Any, version: int, body: bytes) -> Any:
     try:
-        return cls.decode(body, version=version, header=True)
+        message = cls.decode(body, version=version, header=True)
     except Exception as exc:  # the library raises assorted types on bad bytes
         raise DecodeError(f"{cls.__name__} v{version} does not decode: {exc!r}") from exc
+    _reject_nulls(cls._struct, message, version, f"{cls.__name__} v{version}")
+    return message
+
+
+def decode_request(api_key: int, version: int, body: bytes) -> Any:
+    """Decode a request body (header included) into kafka-python's message object."""
+    return _decode(_classes(api_key, version)[0], version, body)
 
 
 def decode_response(api_key: int, version: int, body: bytes) -> Any:
     """Decode a response body (header included) into kafka-python's message object."""
-    cls = _classes(api_key, version)[1]
-    try:
-        return cls.decode(body, version=version, header=True)
-    except Exception as exc:
-        raise DecodeError(f"{cls.__name__} v{version} does not decode: {exc!r}") from exc
+    return _decode(_classes(api_key, version)[1], version, body)
 
 
 def encode(message: Any) -> bytes:

@@ -1,0 +1,73 @@
+"""Inputs found by the fuzz targets (tests/fuzz), replayed as plain unit tests.
+
+Each test names the target that found the input and what escaped before the fix.
+"""
+
+from __future__ import annotations
+
+import struct
+
+import pytest
+
+from proxy.errors import DecodeError
+from proxy.wire import codec
+from proxy.wire.apis import ApiKey
+
+_NULL_ARRAY = struct.pack(">i", -1)
+
+
+def _produce_v3(topics: bytes) -> bytes:
+    # header: api key, version, correlation id, client id (null);
+    # body: transactional id (null), acks, timeout, then the topic array as given.
+    return struct.pack(">hhih", 0, 3, 7, -1) + struct.pack(">hhi", -1, -1, 30000) + topics
+
+
+def test_produce_request_with_null_topic_array_is_a_decode_error() -> None:
+    """frames target: kafka-python decoded topic_data as None and the produce planner's
+    `for topic in request.topic_data` raised TypeError; the broker rejects a null
+    non-nullable array ("non-nullable field topicData was serialized as null")."""
+    with pytest.raises(DecodeError, match="topic_data"):
+        codec.decode_request(ApiKey.PRODUCE, 3, _produce_v3(_NULL_ARRAY))
+
+
+def test_produce_request_with_null_partition_array_is_a_decode_error() -> None:
+    topic = struct.pack(">i", 1) + struct.pack(">h", 1) + b"t" + _NULL_ARRAY
+    with pytest.raises(DecodeError, match="partition_data"):
+        codec.decode_request(ApiKey.PRODUCE, 3, _produce_v3(topic))
+
+
+def test_produce_request_with_null_topic_name_is_a_decode_error() -> None:
+    topic = struct.pack(">i", 1) + struct.pack(">h", -1) + struct.pack(">i", 0)
+    with pytest.raises(DecodeError, match="name"):
+        codec.decode_request(ApiKey.PRODUCE, 3, _produce_v3(topic))
+
+
+def test_null_records_stay_allowed() -> None:
+    partition = struct.pack(">i", 0) + _NULL_ARRAY  # records are nullable in every version
+    topic = struct.pack(">i", 1) + struct.pack(">h", 1) + b"t" + struct.pack(">i", 1) + partition
+    request = codec.decode_request(ApiKey.PRODUCE, 3, _produce_v3(topic))
+    assert request.topic_data[0].partition_data[0].records is None
+
+
+def test_api_versions_response_with_null_api_keys_is_a_decode_error() -> None:
+    """responses target: narrow_api_versions' `for entry in response.api_keys` raised TypeError."""
+    body = struct.pack(">ihi", 5, 0, -1)  # correlation id, error code 0, api_keys null
+    with pytest.raises(DecodeError, match="api_keys"):
+        codec.decode_response(ApiKey.API_VERSIONS, 0, body)
+
+
+def test_find_coordinator_v4_with_null_coordinators_is_a_decode_error() -> None:
+    # correlation id, header tagged fields (0), throttle time, coordinators null (compact 0),
+    # body tagged fields (0)
+    body = struct.pack(">i", 5) + b"\x00" + struct.pack(">i", 0) + b"\x00" + b"\x00"
+    with pytest.raises(DecodeError, match="coordinators"):
+        codec.decode_response(ApiKey.FIND_COORDINATOR, 4, body)
+
+
+def test_nullable_fields_may_still_be_null() -> None:
+    # Metadata v1 response: correlation id, brokers [], controller id, topics [];
+    # v4 request with topics null (nullable from v1: "all topics")
+    response = codec.decode_response(ApiKey.METADATA, 1, struct.pack(">iiii", 5, 0, 1, 0))
+    assert response.topics == []
+    request = struct.pack(">hhih", 3, 4, 7, -1) + _NULL_ARRAY + b"\x01"
+    assert codec.decode_request(ApiKey.METADATA, 4, request).topics is None
