@@ -2,7 +2,7 @@
 PYTHON ?= python3
 PIP ?= $(PYTHON) -m pip
 
-.PHONY: install install-test demo test lint unit integration
+.PHONY: install install-test demo test lint unit integration fuzz
 
 # The proxy, the test clients and the Apache Kafka jars (Maven Central, cached in ~/.cache/idemproxy).
 install:
@@ -28,6 +28,12 @@ lint:
 
 unit:
 	$(PYTHON) -m pytest tests -q -p no:cacheprovider
+
+# Every fuzz target of tests/fuzz under atheris, FUZZ_SECONDS each (the unit job already
+# runs them for 60 s through tests/fuzz/test_fuzz.py): make fuzz FUZZ_SECONDS=3600
+FUZZ_SECONDS ?= 600
+fuzz:
+	$(PYTHON) -m tests.fuzz --all --seconds $(FUZZ_SECONDS)
 
 # Integration tests against Apache Kafka (JVM from Maven Central jars) and Tansu;
 # IDEMPROXY_TEST_BROKER=testcontainers uses Docker where an engine answers.
