@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import re
 import subprocess
 import sys
@@ -22,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tests.fuzz import TARGETS
+from tests.fuzz._atheris import KAFKA_ENV
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
@@ -66,7 +68,12 @@ def seed_dir(target: str) -> Path:
 
 
 def fuzz(
-    target: str, seconds: int, *, work: Path = WORK, extra: list[str] | None = None
+    target: str,
+    seconds: int,
+    *,
+    work: Path = WORK,
+    extra: list[str] | None = None,
+    instrument_kafka: bool = False,
 ) -> Outcome:
     """Run one target under atheris for ``seconds``; its output goes to work/<target>/log."""
     out = work / target
@@ -87,8 +94,11 @@ def fuzz(
     started = time.monotonic()
     log = out / "log"
     with log.open("w") as sink:
+        env = dict(os.environ)
+        if instrument_kafka:
+            env[KAFKA_ENV] = "1"
         proc = subprocess.run(
-            argv, cwd=ROOT, stdout=sink, stderr=subprocess.STDOUT, timeout=seconds + 300
+            argv, cwd=ROOT, env=env, stdout=sink, stderr=subprocess.STDOUT, timeout=seconds + 600
         )
     elapsed = time.monotonic() - started
     text = log.read_text(errors="replace")
@@ -135,6 +145,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--reproduce", type=Path, nargs="+", metavar="FILE", help="replay through one TARGET"
     )
+    parser.add_argument(
+        "--instrument-kafka",
+        action="store_true",
+        help="also instrument kafka-python (slower start, more guidance in its decoders)",
+    )
     args = parser.parse_args(argv)
     targets = list(TARGETS) if args.all else list(args.targets)
     if not targets:
@@ -148,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
         return reproduce(targets[0], args.reproduce)
     status = 0
     for target in targets:
-        outcome = fuzz(target, args.seconds, work=args.work)
+        outcome = fuzz(target, args.seconds, work=args.work, instrument_kafka=args.instrument_kafka)
         print(outcome.line(), flush=True)
         if not outcome.ok:
             status = 1
