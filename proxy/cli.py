@@ -22,6 +22,7 @@ from proxy.config import (
     OPTIONS,
     SOURCE_CLI,
     ConfigError,
+    StartError,
     load_config,
     misspelled_env_vars,
 )
@@ -115,5 +116,7 @@ def serve(ctx: click.Context, /, config_file: str | None, **values: object) -> N
 
     try:
         run(config)
+    except StartError as e:  # a port in use: one line, like any other bad setting
+        _fail(ctx, e)
     except KeyboardInterrupt:
         ctx.exit(EXIT_INTERRUPTED)

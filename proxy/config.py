@@ -22,14 +22,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, cast
 
+from proxy.address import Address
+
 __all__ = [
     "DEFAULT_LISTEN",
     "ENV_PREFIX",
     "OPTIONS",
     "SOURCE_CLI",
     "SOURCE_DEFAULT",
+    "StartError",
     "ConfigError",
-    "HostPort",
     "LogFormat",
     "LogLevel",
     "NonIdempotentPolicy",
@@ -52,35 +54,22 @@ LogFormat = Literal["text", "json"]
 MAX_FRAME_BYTES_LIMIT = 2**31 - 1
 
 
-@dataclass(frozen=True, slots=True)
-class HostPort:
-    """A host (name, IPv4 or IPv6 address without brackets) and a TCP port."""
-
-    host: str
-    port: int
-
-    def __str__(self) -> str:
-        if ":" in self.host:
-            return f"[{self.host}]:{self.port}"
-        return f"{self.host}:{self.port}"
-
-
-DEFAULT_LISTEN = HostPort("127.0.0.1", 9092)
+DEFAULT_LISTEN = Address("127.0.0.1", 9092)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ProxyConfig:
     """The validated, fully resolved proxy configuration."""
 
-    upstream: tuple[HostPort, ...]
+    upstream: tuple[Address, ...]
     """Bootstrap addresses of the real Kafka cluster (at least one)."""
-    listen: HostPort = DEFAULT_LISTEN
+    listen: Address = DEFAULT_LISTEN
     """Where clients bootstrap; the proxy's own metadata answers point at broker ports."""
     advertised_host: str
     """Host name the proxy puts in metadata responses (never a wildcard address)."""
     broker_port_base: int
     """Broker node id N is served on ``broker_port_base + N``."""
-    metrics_listen: HostPort | None = None
+    metrics_listen: Address | None = None
     """Prometheus metrics endpoint; ``None`` disables it."""
     max_frame_bytes: int = 104_857_600
     """Largest request/response frame accepted, in bytes."""
@@ -89,6 +78,9 @@ class ProxyConfig:
     drain_timeout: float = 30.0
     """Seconds an upstream connection stays open after its client left, to read
     responses still in flight."""
+    inflight_wait: float = 1.0
+    """Seconds a retry may wait for its identical original still in flight before it is
+    forwarded to the broker (which deduplicates it)."""
     non_idempotent: NonIdempotentPolicy = "pass"
     """What to do with produce requests from non-idempotent producers."""
     max_producer_states: int = 100_000
@@ -126,6 +118,13 @@ class ConfigError(Exception):
         return _one_line(f"{flag}{where}: {self.reason}")
 
 
+class StartError(ConfigError):
+    """A configured address cannot be used at start (a port in use, an address not local)."""
+
+    def __init__(self, option: str, address: Address, reason: str) -> None:
+        super().__init__(option, SOURCE_CLI, f"cannot listen on {address}: {reason}")
+
+
 def _one_line(text: str) -> str:
     return " ".join(text.split())
 
@@ -143,7 +142,7 @@ _HOSTNAME_RE = re.compile(r"[A-Za-z0-9_.-]+")
 _PORT_RE = re.compile(r"[0-9]+")
 
 
-def parse_host_port(text: str) -> HostPort:
+def parse_host_port(text: str) -> Address:
     """Parse ``HOST:PORT`` (IPv6 as ``[::1]:9092``); raise ValueError with the reason."""
     stripped = text.strip()
     if stripped.startswith("["):
@@ -165,7 +164,7 @@ def parse_host_port(text: str) -> HostPort:
             raise ValueError(f"invalid host {host!r} in {text!r}")
     if not _PORT_RE.fullmatch(port_text) or not 1 <= int(port_text) <= 65535:
         raise ValueError(f"expected a port in 1..65535, got {port_text!r} in {text!r}")
-    return HostPort(host, int(port_text))
+    return Address(host, int(port_text))
 
 
 def _is_wildcard(host: str) -> bool:
@@ -181,18 +180,18 @@ def _as_text(raw: object, what: str) -> str:
     return raw
 
 
-def _host_port(raw: object) -> HostPort:
+def _host_port(raw: object) -> Address:
     return parse_host_port(_as_text(raw, "HOST:PORT"))
 
 
-def _optional_host_port(raw: object) -> HostPort | None:
+def _optional_host_port(raw: object) -> Address | None:
     text = _as_text(raw, "HOST:PORT (or an empty string to disable)")
     if not text.strip():
         return None
     return parse_host_port(text)
 
 
-def _host_port_list(raw: object) -> tuple[HostPort, ...]:
+def _host_port_list(raw: object) -> tuple[Address, ...]:
     items: list[str] = []
     if isinstance(raw, str):
         items.extend(raw.split(","))
@@ -201,7 +200,7 @@ def _host_port_list(raw: object) -> tuple[HostPort, ...]:
             items.extend(_as_text(item, "each HOST:PORT").split(","))
     else:
         raise ValueError(f"expected a list of HOST:PORT, got {raw!r}")
-    result: list[HostPort] = []
+    result: list[Address] = []
     for item in items:
         if not item.strip():
             raise ValueError(f"empty entry in HOST:PORT list {raw!r}")
@@ -361,6 +360,14 @@ OPTIONS: dict[str, Option] = {
             f"to read responses in flight [default: {_default('drain_timeout')}].",
         ),
         Option(
+            "inflight_wait",
+            _seconds(allow_zero=True),
+            "SECONDS",
+            "Longest a retry waits for its identical original still in flight; after that it "
+            "is forwarded and the broker deduplicates it "
+            f"[default: {_default('inflight_wait')}].",
+        ),
+        Option(
             "non_idempotent",
             _choice("pass", "reject"),
             "pass|reject",
@@ -379,7 +386,8 @@ OPTIONS: dict[str, Option] = {
             _integer(1, 2**63 - 1),
             "MILLISECONDS",
             "Forget a producer after this much inactivity, like the broker's "
-            f"producer.id.expiration.ms [default: {_default('producer_state_expiry')}].",
+            "producer.id.expiration.ms; lowered to the brokers' own value when they report a "
+            f"smaller one [default: {_default('producer_state_expiry')}].",
         ),
         Option(
             "log_level",
@@ -487,7 +495,7 @@ def load_config(
             "or 'upstream' in the config file",
         )
 
-    listen = cast(HostPort, values.get("listen", DEFAULT_LISTEN))
+    listen = cast(Address, values.get("listen", DEFAULT_LISTEN))
     listen_source = sources.get("listen", SOURCE_DEFAULT)
     if "advertised_host" not in values:
         if _is_wildcard(listen.host):

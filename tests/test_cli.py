@@ -15,8 +15,9 @@ import pytest
 from click.testing import CliRunner, Result
 
 from proxy import __version__
+from proxy.address import Address
 from proxy.cli import main
-from proxy.config import HostPort, ProxyConfig
+from proxy.config import ProxyConfig
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -103,11 +104,11 @@ def test_serve_passes_the_config_to_the_server(runner: FakeRunner) -> None:
     )
     assert result.exit_code == 0, result.output
     config = runner.config
-    assert config.upstream == (HostPort("k1", 9092), HostPort("::1", 9093))
-    assert config.listen == HostPort("0.0.0.0", 19092)
+    assert config.upstream == (Address("k1", 9092), Address("::1", 9093))
+    assert config.listen == Address("0.0.0.0", 19092)
     assert config.advertised_host == "proxy.local"
     assert config.broker_port_base == 19093
-    assert config.metrics_listen == HostPort("127.0.0.1", 9100)
+    assert config.metrics_listen == Address("127.0.0.1", 9100)
     assert config.max_frame_bytes == 1048576
     assert config.non_idempotent == "reject"
 
@@ -123,8 +124,8 @@ def test_env_overrides_config_file(runner: FakeRunner, tmp_path: Path) -> None:
     path.write_text('upstream = ["file:1"]\nlisten = "file:2"\ndrain_timeout = 5\n')
     result = invoke("serve", "--config", str(path), env={"IDEMPROXY_LISTEN": "env:2"})
     assert result.exit_code == 0, result.output
-    assert runner.config.upstream == (HostPort("file", 1),)
-    assert runner.config.listen == HostPort("env", 2)
+    assert runner.config.upstream == (Address("file", 1),)
+    assert runner.config.listen == Address("env", 2)
     assert runner.config.drain_timeout == 5.0
 
 
@@ -134,7 +135,7 @@ def test_cli_overrides_env_and_config_file(runner: FakeRunner, tmp_path: Path) -
     env = {"IDEMPROXY_UPSTREAM": "env:1", "IDEMPROXY_LOG_FORMAT": "json"}
     result = invoke("serve", "--config", str(path), "--upstream", "cli:1", env=env)
     assert result.exit_code == 0, result.output
-    assert runner.config.upstream == (HostPort("cli", 1),)
+    assert runner.config.upstream == (Address("cli", 1),)
     assert runner.config.log_format == "json"
 
 
@@ -151,7 +152,7 @@ def test_config_option_overrides_config_env_var(runner: FakeRunner, tmp_path: Pa
     chosen.write_text('upstream = "chosen:1"\n')
     result = invoke("serve", "--config", str(chosen), env={"IDEMPROXY_CONFIG": "/nonexistent"})
     assert result.exit_code == 0, result.output
-    assert runner.config.upstream == (HostPort("chosen", 1),)
+    assert runner.config.upstream == (Address("chosen", 1),)
 
 
 @pytest.mark.parametrize(

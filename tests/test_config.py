@@ -16,8 +16,8 @@ from proxy.config import (
     OPTIONS,
     SOURCE_CLI,
     SOURCE_DEFAULT,
+    Address,
     ConfigError,
-    HostPort,
     ProxyConfig,
     load_config,
     misspelled_env_vars,
@@ -48,8 +48,8 @@ def load(
 def test_defaults_when_only_upstream_is_given() -> None:
     config = load(UPSTREAM)
     assert config == ProxyConfig(
-        upstream=(HostPort("kafka", 9092),),
-        listen=HostPort("127.0.0.1", 9092),
+        upstream=(Address("kafka", 9092),),
+        listen=Address("127.0.0.1", 9092),
         advertised_host="127.0.0.1",
         broker_port_base=9093,
         metrics_listen=None,
@@ -68,7 +68,7 @@ def test_defaults_when_only_upstream_is_given() -> None:
 def test_config_is_frozen() -> None:
     config = load(UPSTREAM)
     with pytest.raises(dataclasses.FrozenInstanceError):
-        config.listen = HostPort("x", 1)  # type: ignore[misc]
+        config.listen = Address("x", 1)  # type: ignore[misc]
 
 
 def test_advertised_host_and_broker_port_base_follow_listen() -> None:
@@ -86,7 +86,7 @@ def test_explicit_advertised_host_and_broker_port_base_win_over_derived() -> Non
             "broker_port_base": "20000",
         }
     )
-    assert config.listen == HostPort("0.0.0.0", 9092)
+    assert config.listen == Address("0.0.0.0", 9092)
     assert config.advertised_host == "proxy.example.com"
     assert config.broker_port_base == 20000
 
@@ -121,7 +121,7 @@ def test_missing_upstream_is_an_error_naming_all_three_ways_to_set_it() -> None:
 
 # (option, file value, env value, cli value, expected from file, env, cli)
 PRECEDENCE_CASES = [
-    ("listen", '"f:1"', "e:2", "c:3", HostPort("f", 1), HostPort("e", 2), HostPort("c", 3)),
+    ("listen", '"f:1"', "e:2", "c:3", Address("f", 1), Address("e", 2), Address("c", 3)),
     ("max_frame_bytes", "1000", "2000", "3000", 1000, 2000, 3000),
     ("connect_timeout", "1.5", "2.5", "3.5", 1.5, 2.5, 3.5),
     ("log_level", '"debug"', "warning", "error", "debug", "warning", "error"),
@@ -173,19 +173,19 @@ def test_cli_overrides_env_and_config_file(
 def test_none_and_empty_tuple_cli_values_mean_not_given() -> None:
     env = {"IDEMPROXY_UPSTREAM": "e:1", "IDEMPROXY_LISTEN": "e:2"}
     config = load({"upstream": (), "listen": None}, env)
-    assert config.upstream == (HostPort("e", 1),)
-    assert config.listen == HostPort("e", 2)
+    assert config.upstream == (Address("e", 1),)
+    assert config.listen == Address("e", 2)
 
 
 def test_empty_metrics_listen_in_env_disables_metrics_set_in_file(tmp_path: Path) -> None:
     path = write_toml(tmp_path, 'upstream = "kafka:9092"\nmetrics_listen = "0.0.0.0:9100"\n')
-    assert load(file=path).metrics_listen == HostPort("0.0.0.0", 9100)
+    assert load(file=path).metrics_listen == Address("0.0.0.0", 9100)
     assert load(env={"IDEMPROXY_METRICS_LISTEN": ""}, file=path).metrics_listen is None
 
 
 def test_unrelated_environment_variables_are_ignored() -> None:
     env = {"LISTEN": "nonsense", "IDEMPROXY_PORT": "tcp://10.0.0.1:9092"}
-    assert load(UPSTREAM, env).listen == HostPort("127.0.0.1", 9092)
+    assert load(UPSTREAM, env).listen == Address("127.0.0.1", 9092)
 
 
 def test_unknown_cli_value_key_is_a_programming_error() -> None:
@@ -207,12 +207,12 @@ def test_unknown_cli_value_key_is_a_programming_error() -> None:
 )
 def test_upstream_accepts_comma_separated_strings_and_lists(raw: object) -> None:
     config = load({"upstream": raw})
-    assert config.upstream == (HostPort("a", 1), HostPort("::1", 2), HostPort("b.example", 3))
+    assert config.upstream == (Address("a", 1), Address("::1", 2), Address("b.example", 3))
 
 
 def test_upstream_list_in_config_file(tmp_path: Path) -> None:
     path = write_toml(tmp_path, 'upstream = ["k1:9092", "[fd00::5]:9093"]\n')
-    assert load(file=path).upstream == (HostPort("k1", 9092), HostPort("fd00::5", 9093))
+    assert load(file=path).upstream == (Address("k1", 9092), Address("fd00::5", 9093))
 
 
 # --- host:port parsing ---------------------------------------------------------------
@@ -221,14 +221,14 @@ def test_upstream_list_in_config_file(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
-        ("localhost:9092", HostPort("localhost", 9092)),
-        ("10.1.2.3:1", HostPort("10.1.2.3", 1)),
-        ("[::1]:9092", HostPort("::1", 9092)),
-        ("[2001:db8::7]:65535", HostPort("2001:db8::7", 65535)),
-        ("kafka_1.svc-x:19092", HostPort("kafka_1.svc-x", 19092)),
+        ("localhost:9092", Address("localhost", 9092)),
+        ("10.1.2.3:1", Address("10.1.2.3", 1)),
+        ("[::1]:9092", Address("::1", 9092)),
+        ("[2001:db8::7]:65535", Address("2001:db8::7", 65535)),
+        ("kafka_1.svc-x:19092", Address("kafka_1.svc-x", 19092)),
     ],
 )
-def test_parse_host_port_accepts(text: str, expected: HostPort) -> None:
+def test_parse_host_port_accepts(text: str, expected: Address) -> None:
     assert parse_host_port(text) == expected
 
 
@@ -254,8 +254,8 @@ def test_parse_host_port_rejects_with_reason(text: str, reason: str) -> None:
 
 
 def test_host_port_str_brackets_ipv6() -> None:
-    assert str(HostPort("::1", 9092)) == "[::1]:9092"
-    assert str(HostPort("kafka", 9092)) == "kafka:9092"
+    assert str(Address("::1", 9092)) == "[::1]:9092"
+    assert str(Address("kafka", 9092)) == "kafka:9092"
 
 
 hosts = st.one_of(
@@ -266,7 +266,7 @@ hosts = st.one_of(
 
 @given(host=hosts, port=st.integers(1, 65535))
 def test_host_port_str_round_trips_through_parse(host: str, port: int) -> None:
-    address = HostPort(host, port)
+    address = Address(host, port)
     assert parse_host_port(str(address)) == address
 
 
@@ -430,8 +430,8 @@ def test_example_config_documents_every_option_and_is_valid_when_uncommented(
     path = write_toml(tmp_path, "\n".join(settings) + "\n")
     config = load(file=path)
     assert config.upstream == (
-        HostPort("kafka-1.internal", 9092),
-        HostPort("kafka-2.internal", 9092),
+        Address("kafka-1.internal", 9092),
+        Address("kafka-2.internal", 9092),
     )
 
 

@@ -7,21 +7,18 @@ asks the engine for a `Decision`, and later reports the broker's answer as an `O
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Protocol
+
+from proxy.wire import error_codes as E
 
 TopicPartition = tuple[str, int]
-"""Topic name (or `str(topic_id)` for Produce v13+) and partition index."""
+"""Topic name and partition index (Produce v13 topic ids are mapped to names first)."""
 
-INT32_MAX = 2**31 - 1
-NO_PRODUCER_ID = -1  # RecordBatch.NO_PRODUCER_ID
-NO_SEQUENCE = -1  # RecordBatch.NO_SEQUENCE
 # RecordBatch.NO_TIMESTAMP; also the Produce response's logAppendTime on CreateTime topics.
 NO_TIMESTAMP = -1
 
 # ProducerStateEntry.NUM_BATCHES_TO_RETAIN: the broker remembers this many batches per producer.
 BROKER_BATCHES_RETAINED = 5
-
-OUT_OF_ORDER_SEQUENCE_NUMBER = 45
-INVALID_PRODUCER_EPOCH = 47
 
 # Produce errors the broker raises before anything reaches the log, so the batch is certainly not
 # written. Every other error may come after the local append and is treated like an unknown
@@ -30,41 +27,39 @@ INVALID_PRODUCER_EPOCH = 47
 # UNKNOWN_TOPIC_OR_PARTITION (3), KAFKA_STORAGE_ERROR (56) and UNKNOWN_SERVER_ERROR (-1) can too.
 NOT_APPENDED_ERRORS: frozenset[int] = frozenset(
     {
-        2,  # CORRUPT_MESSAGE: UnifiedLog.analyzeAndValidateRecords (CRC)
-        10,  # MESSAGE_TOO_LARGE: analyzeAndValidateRecords / re-compression size check
-        17,  # INVALID_TOPIC_EXCEPTION: ReplicaManager.appendToLocalLog (internal topic)
-        18,  # RECORD_LIST_TOO_LARGE: UnifiedLog.append (segment size)
-        19,  # NOT_ENOUGH_REPLICAS: Partition.appendRecordsToLeader, before the append
-        21,  # INVALID_REQUIRED_ACKS: ReplicaManager.appendRecords
-        29,  # TOPIC_AUTHORIZATION_FAILED: KafkaApis, before the append
-        32,  # INVALID_TIMESTAMP: LogValidator
-        45,  # OUT_OF_ORDER_SEQUENCE_NUMBER: ProducerAppendInfo.checkSequence
-        47,  # INVALID_PRODUCER_EPOCH: ProducerAppendInfo.checkProducerEpoch
-        48,  # INVALID_TXN_STATE: UnifiedLog.analyzeAndValidateProducerState (verification)
-        53,  # TRANSACTIONAL_ID_AUTHORIZATION_FAILED: KafkaApis
-        87,  # INVALID_RECORD: LogValidator
+        E.CORRUPT_MESSAGE,  # UnifiedLog.analyzeAndValidateRecords (CRC)
+        E.MESSAGE_TOO_LARGE,  # analyzeAndValidateRecords / re-compression size check
+        E.INVALID_TOPIC_EXCEPTION,  # ReplicaManager.appendToLocalLog (internal topic)
+        E.RECORD_LIST_TOO_LARGE,  # UnifiedLog.append (segment size)
+        E.NOT_ENOUGH_REPLICAS,  # Partition.appendRecordsToLeader, before the append
+        E.INVALID_REQUIRED_ACKS,  # ReplicaManager.appendRecords
+        E.TOPIC_AUTHORIZATION_FAILED,  # KafkaApis, before the append
+        E.INVALID_TIMESTAMP,  # LogValidator
+        E.OUT_OF_ORDER_SEQUENCE_NUMBER,  # ProducerAppendInfo.checkSequence
+        E.INVALID_PRODUCER_EPOCH,  # ProducerAppendInfo.checkProducerEpoch
+        E.INVALID_TXN_STATE,  # UnifiedLog.analyzeAndValidateProducerState (verification)
+        E.TRANSACTIONAL_ID_AUTHORIZATION_FAILED,  # KafkaApis
+        E.INVALID_RECORD,  # LogValidator
     }
 )
 
 
-def last_sequence(base_sequence: int, last_offset_delta: int) -> int:
-    """Sequence of a batch's last record, wrapping past Int32 max to 0.
+class BatchFields(Protocol):
+    """What the engine reads of a batch: satisfied by `BatchIdentity` and the wire's
+    `BatchHeader`, so the produce path hands the header over without a copy."""
 
-    Same arithmetic as DefaultRecordBatch.lastSequence / incrementSequence.
-    """
-    if base_sequence == NO_SEQUENCE:
-        return NO_SEQUENCE
-    if base_sequence > INT32_MAX - last_offset_delta:
-        return last_offset_delta - (INT32_MAX - base_sequence) - 1
-    return base_sequence + last_offset_delta
-
-
-def in_sequence(last_seq: int, next_seq: int) -> bool:
-    """Whether a batch starting at `next_seq` directly follows one ending at `last_seq`.
-
-    ProducerAppendInfo.inSequence: sequences wrap from Int32 max to 0.
-    """
-    return next_seq == last_seq + 1 or (next_seq == 0 and last_seq == INT32_MAX)
+    @property
+    def producer_id(self) -> int: ...
+    @property
+    def producer_epoch(self) -> int: ...
+    @property
+    def base_sequence(self) -> int: ...
+    @property
+    def last_sequence(self) -> int: ...
+    @property
+    def max_timestamp(self) -> int: ...
+    @property
+    def is_transactional(self) -> bool: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,7 +72,7 @@ class BatchIdentity:
     last_sequence: int
     record_count: int
     max_timestamp: int
-    transactional: bool
+    is_transactional: bool
 
 
 # Decisions returned by IdempotenceEngine.admit.
@@ -113,12 +108,7 @@ class Reject:
     error_code: int
 
 
-@dataclass(frozen=True, slots=True)
-class NotIdempotent:
-    """The batch carries no producer id; the caller's pass/reject policy applies."""
-
-
-Decision = Forward | Duplicate | AwaitInflight | Reject | NotIdempotent
+Decision = Forward | Duplicate | AwaitInflight | Reject
 
 
 # Outcomes reported to IdempotenceEngine.complete.

@@ -12,8 +12,8 @@ Caller contract:
   leader-only write can be truncated away;
 - `complete()` returns the answer for requests told `AwaitInflight(ticket)`; when it returns None
   those requests must be passed to `admit()` again;
-- the batch is checked as the broker does before its duplicate check (CRC-32C, base offset 0,
-  UnifiedLog.analyzeAndValidateRecords) before `admit()` is asked;
+- only batches with a producer id are admitted, each checked first as the broker does before its
+  duplicate check (CRC-32C, base offset 0, UnifiedLog.analyzeAndValidateRecords);
 - all produce traffic of a producer id goes through this engine, and its `expiry_ms` is not
   above the brokers' `producer.id.expiration.ms`.
 """
@@ -27,43 +27,22 @@ from dataclasses import dataclass, field
 
 from proxy.idempotence.decisions import (
     BROKER_BATCHES_RETAINED,
-    INVALID_PRODUCER_EPOCH,
-    NO_PRODUCER_ID,
     NO_TIMESTAMP,
     NOT_APPENDED_ERRORS,
-    OUT_OF_ORDER_SEQUENCE_NUMBER,
     AwaitInflight,
-    BatchIdentity,
+    BatchFields,
     Decision,
     Duplicate,
     Failure,
     Forward,
-    NotIdempotent,
     Outcome,
     Reject,
     Success,
     TopicPartition,
-    Unknown,
-    in_sequence,
 )
 from proxy.idempotence.state import ProducerPartitionState, SuccessEffect
-
-# The decision and outcome types are re-exported: callers may import everything from here.
-__all__ = [
-    "AwaitInflight",
-    "BatchIdentity",
-    "Decision",
-    "Duplicate",
-    "Failure",
-    "Forward",
-    "IdempotenceEngine",
-    "NotIdempotent",
-    "Outcome",
-    "Reject",
-    "Success",
-    "TopicPartition",
-    "Unknown",
-]
+from proxy.wire.batch import in_sequence
+from proxy.wire.error_codes import INVALID_PRODUCER_EPOCH, OUT_OF_ORDER_SEQUENCE_NUMBER
 
 _Key = tuple[int, str, int]  # producer id, topic, partition
 _Identity = tuple[int, str, int, int, int, int]  # key + epoch, first and last sequence
@@ -80,6 +59,7 @@ class _Pending:
     first_seq: int
     last_seq: int
     max_timestamp: int
+    admitted_ms: int
     # Pending when its producer-partition was forgotten: its answer may predate writes the
     # engine no longer knows of, so it must not rebuild state.
     orphan: bool = field(default=False)
@@ -136,8 +116,24 @@ class IdempotenceEngine:
         """Forwarded batches not yet completed."""
         return len(self._pending)
 
-    def admit(self, tp: TopicPartition, batch: BatchIdentity, now_ms: int) -> Decision:
-        """Decide what to do with one produced batch.
+    @property
+    def expiry_ms(self) -> int:
+        return self._expiry_ms
+
+    @expiry_ms.setter
+    def expiry_ms(self, value: int) -> None:
+        """Lowered when a broker expires producers sooner (its producer.id.expiration.ms)."""
+        if value < 1:
+            raise ValueError("expiry_ms must be positive")
+        self._expiry_ms = value
+
+    def admit(
+        self, tp: TopicPartition, batch: BatchFields, now_ms: int, *, coalesce: bool = True
+    ) -> Decision:
+        """Decide what to do with one produced batch (it must carry a producer id).
+
+        With `coalesce` False a batch identical to one in flight is forwarded too, rather than
+        told to wait (the broker deduplicates it): the caller bounds how long a retry waits.
 
         Transactional batches are forwarded (unless `answer_transactional`): transaction markers
         written by the coordinator, which the proxy never sees, can bump the epoch and clear the
@@ -146,14 +142,11 @@ class IdempotenceEngine:
         verification, UnifiedLog.analyzeAndValidateProducerState), so the broker's answer depends
         on state the proxy cannot know.
         """
-        # AbstractRecordBatch.hasProducerId: any id above NO_PRODUCER_ID.
-        if batch.producer_id <= NO_PRODUCER_ID:
-            return NotIdempotent()
         self._expire(now_ms)
         key = (batch.producer_id, tp[0], tp[1])
         identity = (*key, batch.producer_epoch, batch.base_sequence, batch.last_sequence)
         ticket = self._inflight.get(identity)
-        if ticket is not None:
+        if ticket is not None and coalesce:
             return AwaitInflight(ticket)
         decision = self._decide(key, tp, batch, now_ms)
         if decision is not None:
@@ -195,6 +188,24 @@ class IdempotenceEngine:
         self._record_unknown(p, now_ms)
         return None
 
+    def admitted_ms(self, ticket: int) -> int | None:
+        """When a pending ticket's batch was admitted (`now_ms` then), None if not pending."""
+        p = self._pending.get(ticket)
+        return None if p is None else p.admitted_ms
+
+    def forget_topic(self, topic: str) -> int:
+        """Drop every producer-partition of `topic` (deleted and recreated under a new topic id:
+        the broker's producer state went with the old log). Returns how many were dropped."""
+        keys = [key for key in self._entries if key[1] == topic]
+        for key in keys:
+            self._forget(key)
+        for p in self._pending.values():
+            if p.key[1] == topic:
+                p.orphan = True
+        for tp in [tp for tp in self._log_start if tp[0] == topic]:
+            del self._log_start[tp]
+        return len(keys)
+
     def observe_log_start_offset(self, tp: TopicPartition, log_start_offset: int) -> None:
         """Note a partition's log start offset (from any response), for duplicate answers."""
         known = self._log_start.get(tp)
@@ -207,10 +218,10 @@ class IdempotenceEngine:
             self._log_start.move_to_end(tp)
 
     def _decide(
-        self, key: _Key, tp: TopicPartition, batch: BatchIdentity, now_ms: int
+        self, key: _Key, tp: TopicPartition, batch: BatchFields, now_ms: int
     ) -> Duplicate | Reject | None:
         """The broker's certain answer, or None when the batch must be forwarded."""
-        if batch.transactional and not self._answer_transactional:
+        if batch.is_transactional and not self._answer_transactional:
             return None
         entry = self._live_entry(key, now_ms)
         # No state (KIP-360: the broker accepts any sequence from an unknown producer) or a write
@@ -255,9 +266,7 @@ class IdempotenceEngine:
             return Reject(OUT_OF_ORDER_SEQUENCE_NUMBER)
         return None
 
-    def _forward(
-        self, key: _Key, identity: _Identity, batch: BatchIdentity, now_ms: int
-    ) -> Forward:
+    def _forward(self, key: _Key, identity: _Identity, batch: BatchFields, now_ms: int) -> Forward:
         if len(self._pending) >= self._max_pending:
             # The caller broke the contract; forgetting the ticket as an unknown outcome is safe.
             _, oldest = self._pending.popitem(last=False)
@@ -272,6 +281,7 @@ class IdempotenceEngine:
             batch.base_sequence,
             batch.last_sequence,
             batch.max_timestamp,
+            now_ms,
         )
         self._pending[ticket] = p
         self._inflight[identity] = ticket
@@ -279,7 +289,9 @@ class IdempotenceEngine:
         return Forward(ticket)
 
     def _unregister(self, p: _Pending) -> None:
-        del self._inflight[p.identity]
+        # An identity maps to its newest pending ticket (a retry forwarded past its original).
+        if self._inflight.get(p.identity) == p.ticket:
+            del self._inflight[p.identity]
         same_key = self._pending_by_key[p.key]
         same_key.remove(p)
         if not same_key:

@@ -10,7 +10,8 @@ from __future__ import annotations
 from array import array
 from enum import Enum
 
-from proxy.idempotence.decisions import BROKER_BATCHES_RETAINED, in_sequence
+from proxy.idempotence.decisions import BROKER_BATCHES_RETAINED
+from proxy.wire.batch import in_sequence
 
 # Cached batches are stored flat, four int64 per batch, to keep an entry small.
 _FIRST, _LAST, _BASE, _TS = range(4)

@@ -3,49 +3,41 @@
 Every broker address a client learns is replaced by a proxy address, so the
 client never connects to a broker directly: broker node id N is served on
 port_base + N of the advertised host. The directory learns upstream addresses
-from the responses that carry them and announces each new node once, so the
-server can open its listener before the rewritten response reaches the client.
+from the responses that carry them; a node seen for the first time is returned
+to the caller as a `BrokerDiscovered` event, so the server can open its listener
+before the rewritten response reaches the client (no callback: bytes in, events out).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 
+from proxy.address import Address
 from proxy.errors import ProxyError
+from proxy.wire import error_codes
 
 
 @dataclass(frozen=True, slots=True)
-class Address:
-    """A host and port, printed the way Kafka clients write bootstrap servers."""
+class BrokerDiscovered:
+    """A broker node id seen for the first time: its listener must open."""
 
-    host: str
-    port: int
-
-    def __str__(self) -> str:
-        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+    node_id: int
+    upstream: Address
 
 
 class RoutingError(ProxyError):
     """A broker cannot be given a proxy listener (its node id maps outside the port range)."""
 
-    error_code = 8  # NETWORK_EXCEPTION: the client cannot be routed to that broker
+    error_code = error_codes.BROKER_NOT_AVAILABLE
 
 
 class BrokerDirectory:
     """Upstream node id -> upstream address, and node id -> advertised proxy address."""
 
-    def __init__(
-        self,
-        *,
-        advertised_host: str,
-        port_base: int,
-        on_new_broker: Callable[[int, Address], None] | None = None,
-    ) -> None:
+    def __init__(self, *, advertised_host: str, port_base: int) -> None:
         self.advertised_host = advertised_host
         self.port_base = port_base
         self._upstream: dict[int, Address] = {}
-        self._on_new_broker = on_new_broker
 
     def listener_port(self, node_id: int) -> int:
         """The proxy port that fronts broker node_id."""
@@ -57,15 +49,20 @@ class BrokerDirectory:
             )
         return port
 
-    def learn(self, node_id: int, host: str, port: int) -> Address:
-        """Record where broker node_id really is; return the address the client must see instead."""
+    def learn(
+        self, node_id: int, host: str, port: int, discovered: list[BrokerDiscovered]
+    ) -> Address:
+        """Record where broker node_id really is; return the address the client must see instead.
+
+        A node id never seen before is appended to `discovered`.
+        """
         advertised = Address(self.advertised_host, self.listener_port(node_id))
         upstream = Address(host, port)
         previous = self._upstream.get(node_id)
         if previous != upstream:
             self._upstream[node_id] = upstream
-            if previous is None and self._on_new_broker is not None:
-                self._on_new_broker(node_id, upstream)
+            if previous is None:
+                discovered.append(BrokerDiscovered(node_id, upstream))
         return advertised
 
     def upstream(self, node_id: int) -> Address | None:

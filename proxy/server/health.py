@@ -1,21 +1,33 @@
-"""Readiness: does the upstream cluster answer a Kafka request?
+"""Probes of the upstream cluster: readiness, and the brokers' producer state expiry.
 
-The probe sends ApiVersions v0 (every broker since 0.10 answers it, and v0 needs no
-tagged fields) to the bootstrap brokers in turn, and reports the first answer or
-every failure.
+The readiness probe sends ApiVersions v0 (every broker since 0.10 answers it, and v0 needs
+no tagged fields) to the bootstrap brokers in turn, and reports the first answer or every
+failure. The expiry probe asks each known broker for its producer.id.expiration.ms
+(DescribeConfigs v1, resource type BROKER named by its node id, as the broker's
+ConfigHelper.describeConfigs answers static and dynamic values only for its own id).
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import struct
+from typing import Any
 
-from proxy.routing.directory import Address
+from kafka.protocol.admin import DescribeConfigsRequest, DescribeConfigsResponse
+
+from proxy.address import Address
 from proxy.wire.apis import ApiKey
 from proxy.wire.frames import frame
 from proxy.wire.headers import peek_correlation_id
 
 _PROBE_CORRELATION_ID = 0x1D3
+_EXPIRY_CORRELATION_ID = 0x1D4
+_BROKER_RESOURCE = 4  # ConfigResource.Type.BROKER
+PRODUCER_EXPIRY_KEY = "producer.id.expiration.ms"
+_MAX_PROBE_RESPONSE = 1 << 20
+
+log = logging.getLogger("idemproxy.health")
 
 
 def api_versions_probe() -> bytes:
@@ -34,23 +46,79 @@ def probe_answered(body: bytes) -> bool:
     )
 
 
+async def _ask(target: Address, request: bytes, within: float) -> bytes:
+    """Send one request frame, return the response body (size-checked, bounded)."""
+    async with asyncio.timeout(within):
+        reader, writer = await asyncio.open_connection(target.host, target.port)
+        try:
+            writer.write(request)
+            (size,) = struct.unpack(">i", await reader.readexactly(4))
+            if not 0 < size <= _MAX_PROBE_RESPONSE:
+                raise ValueError(f"implausible response size {size}")
+            return await reader.readexactly(size)
+        finally:
+            writer.close()
+
+
+def producer_expiry_request(node_id: int) -> bytes:
+    """DescribeConfigs v1 for one broker's producer.id.expiration.ms."""
+    request: Any = DescribeConfigsRequest[1](
+        resources=[
+            DescribeConfigsRequest.DescribeConfigsResource(
+                resource_type=_BROKER_RESOURCE,
+                resource_name=str(node_id),
+                configuration_keys=[PRODUCER_EXPIRY_KEY],
+            )
+        ],
+        include_synonyms=False,
+    )
+    request.with_header(correlation_id=_EXPIRY_CORRELATION_ID, client_id="idemproxy-probe")
+    return frame(bytes(request.encode(header=True)))
+
+
+def producer_expiry_answer(body: bytes) -> int | None:
+    """The value in a DescribeConfigs v1 answer, None when absent, refused or malformed."""
+    try:
+        response: Any = DescribeConfigsResponse.decode(body, version=1, header=True)
+    except Exception:  # the library raises assorted types on bad bytes
+        return None
+    for result in response.results:
+        if result.error_code != 0:
+            return None
+        for config in result.configs:
+            if config.name == PRODUCER_EXPIRY_KEY and config.value is not None:
+                try:
+                    value = int(config.value)
+                except ValueError:
+                    return None
+                return value if value > 0 else None
+    return None
+
+
+async def probe_producer_expiry(brokers: dict[int, Address], per_target: float) -> int | None:
+    """The lowest producer.id.expiration.ms of the brokers that answer, None when none does
+    (no broker known yet, or DescribeConfigs not authorised)."""
+    values: list[int] = []
+    for node_id, target in sorted(brokers.items()):
+        try:
+            body = await _ask(target, producer_expiry_request(node_id), per_target)
+        except (OSError, TimeoutError, ValueError, asyncio.IncompleteReadError) as exc:
+            log.debug("no producer expiry from broker %d: %s", node_id, exc)
+            continue
+        value = producer_expiry_answer(body)
+        if value is not None:
+            values.append(value)
+    return min(values) if values else None
+
+
 async def probe_upstream(targets: list[Address], per_target: float) -> str | None:
     """None when one of the targets answers ApiVersions, else why none did."""
     failures = []
     for target in targets:
         try:
-            async with asyncio.timeout(per_target):
-                reader, writer = await asyncio.open_connection(target.host, target.port)
-                try:
-                    writer.write(api_versions_probe())
-                    (size,) = struct.unpack(">i", await reader.readexactly(4))
-                    if not 0 < size <= 1 << 20:
-                        raise ValueError(f"implausible response size {size}")
-                    if probe_answered(await reader.readexactly(size)):
-                        return None
-                    raise ValueError("unexpected answer to ApiVersions")
-                finally:
-                    writer.close()
+            if probe_answered(await _ask(target, api_versions_probe(), per_target)):
+                return None
+            raise ValueError("unexpected answer to ApiVersions")
         except (OSError, TimeoutError, ValueError, asyncio.IncompleteReadError) as exc:
             failures.append(f"{target}: {exc or type(exc).__name__}")
     return "; ".join(failures) or "no upstream configured"

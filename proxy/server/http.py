@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 if TYPE_CHECKING:
-    from proxy.config import HostPort
+    from proxy.address import Address
     from proxy.server.app import Proxy
 
 log = logging.getLogger("idemproxy.http")
@@ -67,7 +67,7 @@ def route(proxy: Proxy, method: str, path: str, not_ready: str | None = None) ->
     return _response("404 Not Found", b"not found\n", head_only=head_only)
 
 
-async def start_http(proxy: Proxy, listen: HostPort) -> asyncio.Server:
+async def start_http(proxy: Proxy, listen: Address) -> asyncio.Server:
     """Serve the management endpoints on listen."""
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

@@ -16,7 +16,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from proxy import __version__
-from proxy.idempotence.produce import Result
+from proxy.errors import REFUSAL_REASONS
+from proxy.idempotence.coordinator import Result
 
 _API_NAMES: dict[int, str] = {int(k): k.name for k in KafkaApiKey}
 
@@ -126,6 +127,8 @@ class Metrics:
         for action in ("pass", "reject"):
             self.non_idempotent_batches.labels(action)
         self.connection_errors.labels("upstream_unreachable")
+        for reason in REFUSAL_REASONS:
+            self.frames_refused.labels(reason)
         self._request_bytes = self.bytes.labels("request")
         self._response_bytes = self.bytes.labels("response")
         self._by_api: dict[int, tuple[Counter, Histogram, Histogram]] = {}

@@ -1,4 +1,4 @@
-"""A read-only view of a v2 record batch header at fixed offsets.
+"""A read-only view of a v2 record batch header at fixed offsets, and sequence arithmetic.
 
 Layout (org.apache.kafka.common.record.DefaultRecordBatch), big-endian:
   baseOffset int64 @0 | batchLength int32 @8 | partitionLeaderEpoch int32 @12 | magic int8 @16 |
@@ -11,14 +11,20 @@ The CRC-32C covers attributes to the end; records are never decompressed or walk
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass
+from typing import NamedTuple
+
+from crc32c import crc32c
 
 from proxy.errors import DecodeError
 
 HEADER_SIZE = 61
+#: Bytes before the batchLength field's count starts (baseOffset + batchLength).
+LOG_OVERHEAD = 12
 MAGIC_V2 = 2
-NO_PRODUCER_ID = -1
-NO_SEQUENCE = -1
+CRC_OFFSET = 17
+ATTRIBUTES_OFFSET = 21
+NO_PRODUCER_ID = -1  # RecordBatch.NO_PRODUCER_ID
+NO_SEQUENCE = -1  # RecordBatch.NO_SEQUENCE
 INT32_MAX = 2**31 - 1
 
 _TRANSACTIONAL = 0x10
@@ -27,26 +33,40 @@ _CONTROL = 0x20
 # baseOffset, batchLength, leaderEpoch, magic, crc, attributes, lastOffsetDelta,
 # baseTimestamp, maxTimestamp, producerId, producerEpoch, baseSequence, recordCount
 _HEADER = struct.Struct(">qiibIhiqqqhii")
+_INT32 = struct.Struct(">i")
 
 
 def last_sequence(base_sequence: int, last_offset_delta: int) -> int:
-    """Sequence of the batch's last record; wraps from Int32 max to 0 (DefaultRecordBatch)."""
+    """Sequence of a batch's last record, wrapping past Int32 max to 0.
+
+    DefaultRecordBatch.lastSequence / incrementSequence.
+    """
     if base_sequence == NO_SEQUENCE:
         return NO_SEQUENCE
     if base_sequence > INT32_MAX - last_offset_delta:
-        return base_sequence - INT32_MAX - 1 + last_offset_delta
+        return last_offset_delta - (INT32_MAX - base_sequence) - 1
     return base_sequence + last_offset_delta
 
 
-@dataclass(frozen=True, slots=True)
-class BatchHeader:
-    """The idempotence-relevant fields of the first record batch in a partition's records."""
+def in_sequence(last_seq: int, next_seq: int) -> bool:
+    """Whether a batch starting at `next_seq` directly follows one ending at `last_seq`.
+
+    ProducerAppendInfo.inSequence: sequences wrap from Int32 max to 0.
+    """
+    return next_seq == last_seq + 1 or (next_seq == 0 and last_seq == INT32_MAX)
+
+
+class BatchHeader(NamedTuple):
+    """The fixed header of a v2 record batch, field for field (a tuple: built in one C call)."""
 
     base_offset: int
     batch_length: int
+    partition_leader_epoch: int
     magic: int
+    crc: int
     attributes: int
     last_offset_delta: int
+    base_timestamp: int
     max_timestamp: int
     producer_id: int
     producer_epoch: int
@@ -67,61 +87,73 @@ class BatchHeader:
 
     @property
     def has_producer_id(self) -> bool:
-        return self.producer_id != NO_PRODUCER_ID
+        # AbstractRecordBatch.hasProducerId: any id above NO_PRODUCER_ID.
+        return self.producer_id > NO_PRODUCER_ID
+
+    @property
+    def size(self) -> int:
+        """Bytes the whole batch takes, header included."""
+        return LOG_OVERHEAD + self.batch_length
 
 
-def read_batch_header(records: bytes | memoryview) -> BatchHeader | None:
-    """Read the first batch header of a partition's records; None for an empty record set.
+def read_batch_header(records: bytes | bytearray | memoryview, offset: int = 0) -> BatchHeader:
+    """Read the batch header at `offset` of a record set.
 
-    Raises DecodeError when the bytes cannot be a v2 batch (too short or another magic):
-    Produce v3+ only carries v2 batches (ProduceRequest validation in the broker).
+    Raises DecodeError when the bytes cannot hold a v2 batch header (too short, another magic,
+    a length shorter than the header): Produce v3+ only carries v2 batches (ProduceRequest
+    validation in the broker).
     """
-    if len(records) == 0:
-        return None
+    if len(records) - offset < HEADER_SIZE:
+        raise DecodeError(
+            f"record set of {len(records) - offset} bytes is shorter than a batch header"
+        )
+    header = BatchHeader._make(_HEADER.unpack_from(records, offset))
+    if header.magic != MAGIC_V2:
+        raise DecodeError(f"record batch magic {header.magic}, expected {MAGIC_V2}")
+    if header.batch_length < HEADER_SIZE - LOG_OVERHEAD:
+        raise DecodeError(f"record batch length {header.batch_length} is too small")
+    return header
+
+
+def single_batch_header(records: bytes | bytearray | memoryview) -> BatchHeader | None:
+    """The header of a record set holding exactly one v2 batch, else None.
+
+    Empty, old-format (magic 0/1), multi-batch or truncated record sets are the broker's to judge
+    (it rejects most of them: Produce v3+ carries exactly one v2 batch per partition).
+    """
     if len(records) < HEADER_SIZE:
-        raise DecodeError(f"record set of {len(records)} bytes is shorter than a batch header")
-    (
-        base_offset,
-        batch_length,
-        _leader_epoch,
-        magic,
-        _crc,
-        attributes,
-        last_offset_delta,
-        _base_ts,
-        max_ts,
-        producer_id,
-        producer_epoch,
-        base_sequence,
-        record_count,
-    ) = _HEADER.unpack_from(records, 0)
-    if magic != MAGIC_V2:
-        raise DecodeError(f"record batch magic {magic}, expected {MAGIC_V2}")
-    return BatchHeader(
-        base_offset=base_offset,
-        batch_length=batch_length,
-        magic=magic,
-        attributes=attributes,
-        last_offset_delta=last_offset_delta,
-        max_timestamp=max_ts,
-        producer_id=producer_id,
-        producer_epoch=producer_epoch,
-        base_sequence=base_sequence,
-        record_count=record_count,
-    )
+        return None
+    try:
+        header = read_batch_header(records)
+    except DecodeError:
+        return None
+    return header if header.size == len(records) else None
 
 
-def count_batches(records: bytes | memoryview) -> int:
+def count_batches(records: bytes | bytearray | memoryview) -> int:
     """Number of batches in a record set, walking batch lengths only (never records)."""
     pos = 0
     n = 0
     end = len(records)
-    while end - pos >= 12:
-        (length,) = struct.unpack_from(">i", records, pos + 8)
-        if length < HEADER_SIZE - 12:
+    while end - pos >= LOG_OVERHEAD:
+        (length,) = _INT32.unpack_from(records, pos + 8)
+        if length < HEADER_SIZE - LOG_OVERHEAD:
             raise DecodeError(f"record batch length {length} is too small")
-        pos += 12 + length
+        pos += LOG_OVERHEAD + length
         n += 1
     if pos != end:
         raise DecodeError("record set ends inside a batch")
     return n
+
+
+def passes_broker_checks(records: bytes | bytearray | memoryview) -> bool:
+    """The checks LogValidator makes on a v2 batch before producer state: base offset 0, CRC-32C.
+
+    The broker answers a corrupt retry with its own error, never as a duplicate, so the proxy
+    answers a retry itself only when the batch would pass these (UnifiedLog
+    .analyzeAndValidateRecords runs before the duplicate check).
+    """
+    view = memoryview(records)
+    (base_offset,) = struct.unpack_from(">q", view, 0)
+    (crc,) = struct.unpack_from(">I", view, CRC_OFFSET)
+    return bool(base_offset == 0 and crc32c(view[ATTRIBUTES_OFFSET:]) == crc)

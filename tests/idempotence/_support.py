@@ -26,7 +26,7 @@ def batch(
         last_sequence=last_sequence(base, count - 1),
         record_count=count,
         max_timestamp=max_timestamp,
-        transactional=transactional,
+        is_transactional=transactional,
     )
 
 

@@ -5,14 +5,11 @@ from __future__ import annotations
 import pytest
 
 from proxy.idempotence import (
-    INVALID_PRODUCER_EPOCH,
-    OUT_OF_ORDER_SEQUENCE_NUMBER,
     AwaitInflight,
     Duplicate,
     Failure,
     Forward,
     IdempotenceEngine,
-    NotIdempotent,
     Reject,
     Success,
     Unknown,
@@ -20,6 +17,7 @@ from proxy.idempotence import (
     last_sequence,
 )
 from proxy.idempotence.state import MAX_GHOSTS
+from proxy.wire.error_codes import INVALID_PRODUCER_EPOCH, OUT_OF_ORDER_SEQUENCE_NUMBER
 
 from ._support import NOW, OTHER_TP, PID, TP, batch, write, write_chain
 
@@ -56,12 +54,6 @@ def test_zero_follows_int32_max_in_sequence() -> None:
 
 
 # Admission basics
-
-
-def test_batch_without_producer_id_is_left_to_the_caller_policy() -> None:
-    engine = IdempotenceEngine()
-    assert engine.admit(TP, batch(0, pid=-1), NOW) == NotIdempotent()
-    assert engine.pending == 0
 
 
 @pytest.mark.parametrize("first_seq", [0, 17, INT32_MAX])

@@ -319,7 +319,7 @@ class EngineAgainstBroker(RuleBasedStateMachine):
             last_sequence=last_sequence(first, count - 1),
             record_count=count,
             max_timestamp=ts,
-            transactional=self.clients[pid].transactional,
+            is_transactional=self.clients[pid].transactional,
         )
 
     def broker_produce(self, tp: tuple[str, int], batch: BatchIdentity) -> Answer:
@@ -396,7 +396,7 @@ class EngineAgainstBroker(RuleBasedStateMachine):
         self, tp: tuple[str, int], batch: BatchIdentity, verdict: Answer | None, ticket: int
     ) -> None:
         """Without lost answers, evictions or expiry, forwarding is only for real doubt."""
-        if batch.transactional and not self.config.answer_transactional:
+        if batch.is_transactional and not self.config.answer_transactional:
             return
         pid = batch.producer_id
         others_in_flight = any(

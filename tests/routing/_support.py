@@ -11,8 +11,9 @@ from typing import Any
 from kafka.protocol.producer import ProduceRequest, ProduceResponse
 from kafka.record.default_records import DefaultRecordBatch, DefaultRecordBatchBuilder
 
-from proxy.routing.directory import Address, BrokerDirectory
-from proxy.routing.session import Session, Transmit
+from proxy.address import Address
+from proxy.routing.directory import BrokerDirectory, BrokerDiscovered
+from proxy.routing.session import Output, Session
 from proxy.wire.frames import FrameDecoder, frame
 
 ADVERTISED_HOST = "proxy.sidecar.local"
@@ -29,20 +30,31 @@ UPSTREAM = {
 
 @dataclass
 class Announced:
-    """Records the directory's on_new_broker callback."""
+    """The brokers a directory reported as discovered, in order."""
 
     calls: list[tuple[int, Address]] = field(default_factory=list)
 
-    def __call__(self, node_id: int, upstream: Address) -> None:
-        self.calls.append((node_id, upstream))
+
+class RecordingDirectory(BrokerDirectory):
+    """A directory that also keeps every BrokerDiscovered event it produced."""
+
+    def __init__(self, *, advertised_host: str, port_base: int) -> None:
+        super().__init__(advertised_host=advertised_host, port_base=port_base)
+        self.announced = Announced()
+
+    def learn(
+        self, node_id: int, host: str, port: int, discovered: list[BrokerDiscovered] | None = None
+    ) -> Address:
+        found: list[BrokerDiscovered] = [] if discovered is None else discovered
+        before = len(found)
+        advertised = super().learn(node_id, host, port, found)
+        self.announced.calls.extend((d.node_id, d.upstream) for d in found[before:])
+        return advertised
 
 
 def make_directory(port_base: int = PORT_BASE) -> tuple[BrokerDirectory, Announced]:
-    announced = Announced()
-    directory = BrokerDirectory(
-        advertised_host=ADVERTISED_HOST, port_base=port_base, on_new_broker=announced
-    )
-    return directory, announced
+    directory = RecordingDirectory(advertised_host=ADVERTISED_HOST, port_base=port_base)
+    return directory, directory.announced
 
 
 def make_session(port_base: int = PORT_BASE, **kwargs: Any) -> tuple[Session, Announced]:
@@ -105,12 +117,12 @@ def produce_request(version: int, acks: int = -1) -> Any:
     )
 
 
-def client_frames(transmit: Transmit) -> list[bytes]:
+def client_frames(transmit: Output) -> list[bytes]:
     """The frame bodies the session sends to the client."""
     return _bodies(transmit.client)
 
 
-def upstream_frames(transmit: Transmit) -> list[bytes]:
+def upstream_frames(transmit: Output) -> list[bytes]:
     """The frame bodies the session sends upstream."""
     return _bodies(transmit.upstream)
 
@@ -306,3 +318,48 @@ class ProduceCounts:
 
     def non_idempotent(self, action: str) -> None:
         self.non_idempotent_actions.append(action)
+
+
+def topics_metadata_response(version: int, topics: dict[str, uuid.UUID]) -> Any:
+    """A Metadata response naming `topics` (name -> topic id, v10+) with one partition each."""
+    from kafka.protocol.metadata import MetadataResponse as M
+
+    partition = M.MetadataResponseTopic.MetadataResponsePartition
+    return M[version](
+        throttle_time_ms=0,
+        brokers=[M.MetadataResponseBroker(node_id=0, host="kafka-0", port=9092, rack=None)],
+        cluster_id="c",
+        controller_id=0,
+        topics=[
+            M.MetadataResponseTopic(
+                error_code=0,
+                name=name,
+                topic_id=tid,
+                is_internal=False,
+                partitions=[
+                    partition(
+                        error_code=0,
+                        partition_index=0,
+                        leader_id=0,
+                        leader_epoch=0,
+                        replica_nodes=[0],
+                        isr_nodes=[0],
+                        offline_replicas=[],
+                    )
+                ],
+                authorized_operations=set(),
+            )
+            for name, tid in topics.items()
+        ],
+    )
+
+
+def metadata_exchange_for(session: Session, topics: dict[str, uuid.UUID], cid: int = 900) -> Output:
+    """A client's Metadata v12 request and the broker's answer naming `topics`."""
+    from kafka.protocol.metadata import MetadataRequest
+
+    request = MetadataRequest[12](topics=None, allow_auto_topic_creation=False)
+    session.receive_client(frame(encode_request(request, cid)))
+    return session.receive_upstream(
+        frame(encode_response(topics_metadata_response(12, topics), cid))
+    )

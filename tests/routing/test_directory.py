@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from proxy.address import Address
 from proxy.errors import ProxyError
-from proxy.routing.directory import Address, BrokerDirectory, RoutingError
+from proxy.routing.directory import BrokerDirectory, BrokerDiscovered, RoutingError
 
 from ._support import ADVERTISED_HOST, PORT_BASE, make_directory
 
@@ -72,22 +73,13 @@ def test_each_new_node_is_announced_exactly_once() -> None:
     assert directory.known_brokers() == {1: Address("a-moved", 11), 2: Address("b", 2)}
 
 
-def test_upstream_is_recorded_before_the_announcement() -> None:
-    seen: list[Address | None] = []
-    directories: list[BrokerDirectory] = []
-
-    def on_new(node_id: int, upstream: Address) -> None:
-        seen.append(directories[0].upstream(node_id))
-
-    directories.append(BrokerDirectory(advertised_host="h", port_base=100, on_new_broker=on_new))
-    directories[0].learn(5, "up", 9)
-    assert seen == [Address("up", 9)]
-
-
-def test_learn_without_callback() -> None:
+def test_a_new_node_is_reported_as_an_event_with_its_upstream_address() -> None:
     directory = BrokerDirectory(advertised_host="h", port_base=100)
-    assert directory.learn(1, "x", 2) == Address("h", 101)
-    assert directory.known_brokers() == {1: Address("x", 2)}
+    discovered: list[BrokerDiscovered] = []
+    assert directory.learn(5, "up", 9, discovered) == Address("h", 105)
+    directory.learn(5, "up", 9, discovered)
+    assert discovered == [BrokerDiscovered(5, Address("up", 9))]
+    assert directory.known_brokers() == {5: Address("up", 9)}
 
 
 def test_unroutable_node_is_not_learnt_nor_announced() -> None:

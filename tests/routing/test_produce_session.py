@@ -3,29 +3,31 @@
 Playbook style (as mitmproxy's layer tests): the client sends X -> the upstream receives Y;
 the upstream replies Z -> the client receives W. Several sessions share one coordinator, as
 the client connections of one proxy do; a response completed from another connection
-arrives through the session's `on_client_output`.
+is delivered as the server does: the output names the woken session, whose `resume()` output
+goes to its own client.
 """
 
 from __future__ import annotations
 
 import struct
+import uuid
 from typing import Any
 
 import pytest
 from kafka.record.legacy_records import LegacyRecordBatchBuilder
 
+from proxy.address import Address
+from proxy.idempotence.coordinator import Policy, ProduceCoordinator
 from proxy.idempotence.engine import IdempotenceEngine
-from proxy.idempotence.produce import (
+from proxy.routing.directory import BrokerDirectory
+from proxy.routing.session import Output, Session, Shared
+from proxy.wire.error_codes import (
     INVALID_PRODUCER_EPOCH,
     NONE,
     OUT_OF_ORDER_SEQUENCE_NUMBER,
     POLICY_VIOLATION,
     REQUEST_TIMED_OUT,
-    Policy,
-    ProduceCoordinator,
 )
-from proxy.routing.directory import Address, BrokerDirectory
-from proxy.routing.session import Session, Transmit
 from proxy.wire.frames import frame
 
 from ._support import (
@@ -39,6 +41,7 @@ from ._support import (
     encode_request,
     encode_response,
     idempotent_batch,
+    metadata_exchange_for,
     produce_answers,
     produce_request_with,
     produce_response_with,
@@ -67,42 +70,72 @@ class Clock:
 
 
 class Proxy:
-    """One coordinator (and engine) shared by every connection."""
+    """One coordinator (and engine) shared by every connection; delivers wake-ups as the
+    server does (the woken session's `resume()` output goes to its own client)."""
 
-    def __init__(self, *, policy: Policy = "pass", engine: IdempotenceEngine | None = None):
+    def __init__(
+        self,
+        *,
+        policy: Policy = "pass",
+        engine: IdempotenceEngine | None = None,
+        inflight_wait_ms: int = 60_000,
+    ):
         self.clock = Clock()
         self.engine = engine or IdempotenceEngine()
         self.counts = ProduceCounts()
         self.coordinator = ProduceCoordinator(
-            self.engine, policy=policy, observer=self.counts, clock_ms=self.clock
+            self.engine,
+            policy=policy,
+            observer=self.counts,
+            clock_ms=self.clock,
+            inflight_wait_ms=inflight_wait_ms,
         )
         self.directory = BrokerDirectory(advertised_host="proxy", port_base=9100)
+        self.shared = Shared(self.directory, self.coordinator)
+        self.conns: dict[int, Conn] = {}
+        # Clients learn topic ids from Metadata, which passes the proxy (Produce v13 uses them).
+        self.learn_topics({name: topic_id(name) for name in ("orders", "audit")})
+
+    def learn_topics(self, topics: dict[str, uuid.UUID]) -> None:
+        conn = self.connect()
+        metadata_exchange_for(conn.session, topics)
+        conn.close()
 
     def connect(self) -> Conn:
-        return Conn(self)
+        conn = Conn(self, len(self.conns) + 1)
+        self.conns[conn.session.session_id] = conn
+        return conn
+
+    def deliver(self, out: Output) -> Output:
+        for session_id in out.woken:
+            woken = self.conns[session_id]
+            woken.later.extend(woken.session.resume().client)
+        return out
 
 
 class Conn:
     """One client connection: its session and what it received outside receive_*."""
 
-    def __init__(self, proxy: Proxy) -> None:
+    def __init__(self, proxy: Proxy, session_id: int) -> None:
+        self.proxy = proxy
         self.later: list[bytes] = []
-        self.session = Session(
-            proxy.directory, produce=proxy.coordinator, on_client_output=self.later.extend
-        )
+        self.session = Session(proxy.shared, session_id=session_id)
 
-    def send(self, request: Any, correlation_id: int) -> tuple[bytes, Transmit]:
+    def send(self, request: Any, correlation_id: int) -> tuple[bytes, Output]:
         """Client -> proxy; returns the request body and what the session transmits."""
         body = encode_request(request, correlation_id)
-        return body, self.session.receive_client(frame(body))
+        return body, self.proxy.deliver(self.session.receive_client(frame(body)))
 
-    def reply(self, response: Any, correlation_id: int) -> tuple[bytes, Transmit]:
+    def reply(self, response: Any, correlation_id: int) -> tuple[bytes, Output]:
         """Broker -> proxy; returns the response body and what the session transmits."""
         body = encode_response(response, correlation_id)
-        return body, self.session.receive_upstream(frame(body))
+        return body, self.proxy.deliver(self.session.receive_upstream(frame(body)))
+
+    def close(self) -> Output:
+        return self.proxy.deliver(self.session.close())
 
     def later_bodies(self) -> list[bytes]:
-        return client_frames(Transmit(client=self.later))
+        return client_frames(Output(client=self.later))
 
 
 def one(topic: str, partition: int, records: bytes | None) -> TopicRecords:
@@ -141,7 +174,7 @@ def acknowledge(
     assert got.upstream == []
 
 
-def local_answer(sent: Transmit, version: int, correlation_id: int) -> list[Any]:
+def local_answer(sent: Output, version: int, correlation_id: int) -> list[Any]:
     """The single response the proxy answered itself, nothing forwarded; its partitions."""
     assert sent.upstream == []
     (body,) = client_frames(sent)
@@ -366,7 +399,7 @@ def test_inflight_retry_times_out_when_the_original_connection_is_lost() -> None
     proxy = Proxy()
     batch = idempotent_batch(PID, 0, 0)
     first, _, second = _inflight_pair(proxy, batch)
-    first.session.abandon()
+    first.close()
     (late,) = second.later_bodies()
     answer = only_answer(late, V, 2)
     assert (answer.error_code, answer.base_offset) == (REQUEST_TIMED_OUT, -1)
@@ -381,7 +414,7 @@ def test_abandoned_session_emits_nothing_when_its_parked_retry_resolves() -> Non
     proxy = Proxy()
     batch = idempotent_batch(PID, 0, 0)
     first, _, second = _inflight_pair(proxy, batch)
-    second.session.abandon()  # the retry's own connection is gone
+    second.close()  # the retry's own connection is gone
     first.reply(produce_response_with(V, [("orders", [ok(0, 42)])]), 1)
     assert second.later == []
 
@@ -695,7 +728,7 @@ def test_reject_policy_with_acks_0_sends_nothing_anywhere() -> None:
     proxy = Proxy(policy="reject")
     conn = proxy.connect()
     _, sent = conn.send(produce_request_with(V, one("orders", 0, _plain_batch()), acks=0), 4)
-    assert sent == Transmit()
+    assert sent == Output()
     assert conn.session.awaiting_upstream == 0
 
 
@@ -732,6 +765,62 @@ def test_v13_mixed_request_is_split_and_merged_by_topic_id() -> None:
         (topic_id("orders"), 100),
         (topic_id("audit"), 9),
     ]
+
+
+def test_v13_batch_of_a_topic_whose_id_no_metadata_named_is_forwarded_untracked() -> None:
+    proxy = Proxy()
+    batch = idempotent_batch(PID, 0, 0)
+    acknowledge(proxy.connect(), batch, 100, version=13, topic="unnamed")
+    body, sent = proxy.connect().send(produce_request_with(13, one("unnamed", 0, batch)), 6)
+    assert sent.upstream == [frame(body)]  # the proxy cannot tell its partition: the broker can
+    assert proxy.engine.entries == 0
+
+
+@pytest.mark.parametrize(("first", "retry"), [(12, 13), (13, 12), (9, 13)])
+def test_one_partition_is_one_state_whichever_version_names_its_topic(
+    first: int, retry: int
+) -> None:
+    """A rolling upgrade mixes v12 (names) and v13 (ids) for the same partition: the retry of a
+    batch acknowledged under one form is answered under the other, from the same state."""
+    proxy = Proxy()
+    batch = idempotent_batch(PID, 0, 0, records=2)
+    acknowledge(proxy.connect(), batch, 100, version=first, lso=4)
+    _, sent = proxy.connect().send(produce_request_with(retry, one("orders", 0, batch)), 6)
+    ((_, answer),) = local_answer(sent, retry, 6)
+    assert (answer.error_code, answer.base_offset) == (NONE, 100)
+    assert proxy.engine.entries == 1
+
+
+def test_a_gap_after_a_version_switch_is_judged_against_the_one_state() -> None:
+    """Before the fix a v13 entry apart from the v12 one answered 45 to a batch the broker
+    appends (it continues the v12 sequence)."""
+    proxy = Proxy()
+    conn = proxy.connect()
+    seq = 0
+    for i in range(5):
+        acknowledge(
+            conn,
+            idempotent_batch(PID, 0, seq, records=2),
+            100 + 2 * i,
+            version=13,
+            correlation_id=i + 1,
+        )
+        seq += 2
+    acknowledge(conn, idempotent_batch(PID, 0, seq, records=2), 110, version=12, correlation_id=9)
+    following = idempotent_batch(PID, 0, seq + 2, records=2)
+    body, sent = conn.send(produce_request_with(13, one("orders", 0, following)), 10)
+    assert sent.upstream == [frame(body)]
+
+
+def test_a_recreated_topic_forgets_the_producer_state_of_its_old_incarnation() -> None:
+    proxy = Proxy()
+    batch = idempotent_batch(PID, 0, 0)
+    acknowledge(proxy.connect(), batch, 100)
+    assert proxy.engine.entries == 1
+    proxy.learn_topics({"orders": uuid.uuid4()})  # deleted and created again: a new topic id
+    assert proxy.engine.entries == 0
+    body, sent = proxy.connect().send(produce_request_with(V, one("orders", 0, batch)), 2)
+    assert sent.upstream == [frame(body)]  # the new log never saw it: the broker's to append
 
 
 # -- 11. NodeEndpoints (KIP-951) ------------------------------------------------------

@@ -18,7 +18,8 @@ from kafka.protocol.metadata.find_coordinator import (
 )
 from kafka.protocol.producer import ProduceResponse
 
-from proxy.routing.directory import Address, BrokerDirectory, RoutingError
+from proxy.address import Address
+from proxy.routing.directory import BrokerDirectory, RoutingError
 from proxy.routing.rewrite import rewrite_addresses
 from proxy.routing.session import Session
 from proxy.wire.apis import ApiKey

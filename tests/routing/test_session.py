@@ -13,7 +13,7 @@ from kafka.protocol.metadata.api_versions import ApiVersionsResponse
 from kafka.protocol.producer import ProduceResponse
 
 from proxy.errors import DecodeError, FrameError, FrameTooLarge, TruncatedFrame
-from proxy.routing.session import Session
+from proxy.routing.session import Output, Session
 from proxy.wire.apis import ApiKey
 from proxy.wire.frames import frame
 
@@ -218,7 +218,7 @@ def test_random_opaque_pipelines_split_anywhere_round_trip_in_order(
         answered += client_frames(session.receive_upstream(chunk))
     assert answered == responses
     session.client_eof()
-    session.upstream_eof()
+    assert session.awaiting_upstream == 0
 
 
 # -- protocol violations by the broker --------------------------------------------------
@@ -291,23 +291,29 @@ def test_oversized_frames_are_rejected_on_both_sides() -> None:
         session.receive_upstream(struct.pack(">i", 2**31 - 1))
 
 
-def test_eof_mid_frame_raises_truncated_frame_on_both_sides() -> None:
+def test_client_eof_mid_frame_raises_truncated_frame() -> None:
     session, _ = make_session()
     session.receive_client(frame(raw_request(MADE_UP_API, 0, 1))[:6])
     with pytest.raises(TruncatedFrame):
         session.client_eof()
-    session, _ = make_session()
-    session.receive_client(frame(raw_request(MADE_UP_API, 0, 1)))
-    session.receive_upstream(frame(opaque_response(1))[:5])
-    with pytest.raises(TruncatedFrame):
-        session.upstream_eof()
 
 
 def test_clean_eof_between_frames() -> None:
     session, _ = make_session()
     exchange(session, raw_request(MADE_UP_API, 0, 1), opaque_response(1))
     session.client_eof()
-    session.upstream_eof()
+
+
+def test_close_is_idempotent_and_forgets_what_was_awaited() -> None:
+    session, _ = make_session()
+    session.receive_client(frame(raw_request(MADE_UP_API, 0, 1)))
+    session.receive_upstream(frame(opaque_response(1))[:5])  # the broker left mid-frame
+    assert session.awaiting_upstream == 1
+    assert session.close() == Output()
+    assert session.awaiting_upstream == 0
+    assert session.closed
+    assert session.close() == Output()
+    assert session.resume() == Output()
 
 
 # -- Produce acks=0 --------------------------------------------------------------------

@@ -18,6 +18,7 @@ from proxy.wire.batch import (
     count_batches,
     last_sequence,
     read_batch_header,
+    single_batch_header,
 )
 
 BASE_TIMESTAMP = 1_700_000_000_000
@@ -186,8 +187,10 @@ def test_other_attribute_bits_are_neither_transactional_nor_control() -> None:
     assert not header.is_control
 
 
-def test_empty_record_set_has_no_header() -> None:
-    assert read_batch_header(b"") is None
+def test_empty_record_set_has_no_single_batch() -> None:
+    assert single_batch_header(b"") is None
+    with pytest.raises(DecodeError):
+        read_batch_header(b"")
 
 
 @pytest.mark.parametrize("size", [1, 12, 60])

@@ -1,0 +1,312 @@
+"""The connection policy of one client connection and its upstream connection.
+
+A link connects upstream when a client arrives, buffers what the client sends meanwhile, carries
+out each `Output` of its session (listeners first, then writes, then wake-ups), keeps the
+upstream connection open for `drain_timeout` after the client leaves so responses in flight
+still teach the engine their outcome, and ends exactly once: `finish()` closes the session,
+which settles every ticket the connection still owes, on every path (client EOF, upstream EOF,
+bad bytes from either side, upstream never reached, drain timeout, shutdown).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
+
+from proxy.address import Address
+from proxy.errors import ProxyError
+from proxy.routing.session import Output, Session
+from proxy.server.pump import Pump
+
+if TYPE_CHECKING:
+    from proxy.server.app import Proxy
+
+log = logging.getLogger("idemproxy.server")
+
+#: Opens a connection to an address with a protocol (loop.create_connection in production).
+Connector = Callable[[Callable[[], asyncio.Protocol], str, int], Awaitable[object]]
+
+
+def peer_name(transport: asyncio.BaseTransport) -> str:
+    peer = transport.get_extra_info("peername")
+    if isinstance(peer, tuple) and len(peer) >= 2:
+        return str(Address(str(peer[0]), int(peer[1])))
+    return str(peer)
+
+
+def wall_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class Link:
+    """A client connection, its upstream connection and the session between them."""
+
+    def __init__(
+        self, proxy: Proxy, targets: list[Address], listener: str, session_id: int
+    ) -> None:
+        self.proxy = proxy
+        self.targets = targets
+        self.listener = listener
+        self.session = Session(
+            proxy.shared,
+            session_id=session_id,
+            max_frame_bytes=proxy.config.max_frame_bytes,
+            observer=proxy.metrics,
+            clock=time.monotonic,
+        )
+        self.client: asyncio.Transport | None = None
+        self.upstream: asyncio.Transport | None = None
+        self.peer = "?"
+        self.client_open = False
+        self.upstream_open = False
+        self.finished = False
+        self._drain_timer: asyncio.TimerHandle | None = None
+        self._deadline_timer: asyncio.TimerHandle | None = None
+        self._deadline: int | None = None
+        #: Frames for the broker produced before the upstream connection was up (reading is
+        #: paused meanwhile, but a transport may deliver what it had already read).
+        self._early: list[bytes] = []
+        self.client_side = _ClientSide(self)
+        self.upstream_side = _UpstreamSide(self)
+
+    # -- client ---------------------------------------------------------------
+
+    def client_made(self, transport: asyncio.Transport) -> None:
+        self.client = transport
+        self.client_open = True
+        self.peer = peer_name(transport)
+        metrics = self.proxy.metrics
+        metrics.client_connections.inc()
+        metrics.connections_total.inc()
+        self.proxy.adopt(self)
+        log.debug("client connected", extra={"peer": self.peer, "listener": self.listener})
+        transport.pause_reading()  # until the upstream connection is up
+        self.proxy.tasks.spawn(self._connect(), name=f"connect {self.peer}")
+
+    def client_data(self, data: bytes) -> None:
+        try:
+            out = self.session.receive_client(data)
+        except ProxyError as exc:
+            self._bad_input("client", exc)
+            return
+        self.apply(out)
+
+    def client_eof(self) -> None:
+        try:
+            self.session.client_eof()
+        except ProxyError as exc:
+            self._note_error("client", exc)
+
+    def client_lost(self) -> None:
+        if not self.client_open:
+            return
+        self.client_open = False
+        self.proxy.metrics.client_connections.dec()
+        log.debug("client disconnected", extra={"peer": self.peer})
+        if not self.upstream_open:
+            if self.upstream is None:
+                self.finish()  # never connected (or still connecting): nothing will answer
+            return
+        if self.session.awaiting_upstream == 0:
+            self._close_upstream()
+            return
+        # Read the responses still in flight (bounded), so the engine learns their outcomes.
+        self._drain_timer = asyncio.get_running_loop().call_later(
+            self.proxy.config.drain_timeout, self._close_upstream
+        )
+
+    # -- upstream ---------------------------------------------------------------
+
+    async def _connect(self, connector: Connector | None = None) -> None:
+        connect = connector or asyncio.get_running_loop().create_connection
+        timeout = self.proxy.config.connect_timeout
+        failures: list[str] = []
+        for target in self.targets:
+            if not self.client_open:
+                self.finish()
+                return
+            try:
+                async with asyncio.timeout(timeout):
+                    await connect(lambda: Pump(self.upstream_side), target.host, target.port)
+            except (OSError, TimeoutError) as exc:
+                failures.append(f"{target}: {exc or type(exc).__name__}")
+                continue
+            return
+        self.proxy.metrics.connection_errors.labels("upstream_unreachable").inc()
+        log.warning(
+            "upstream unreachable, closing client connection",
+            extra={"peer": self.peer, "reason": "; ".join(failures) or "no upstream address"},
+        )
+        self.finish()
+
+    def upstream_made(self, transport: asyncio.Transport) -> None:
+        self.upstream = transport
+        self.upstream_open = True
+        self.proxy.metrics.upstream_connections.inc()
+        if not self.client_open or self.finished:
+            transport.close()
+            return
+        if self._early:
+            transport.writelines(self._early)
+            self._early.clear()
+        if self.client is not None:
+            self.client.resume_reading()
+
+    def upstream_data(self, data: bytes) -> None:
+        try:
+            out = self.session.receive_upstream(data)
+        except ProxyError as exc:
+            self._bad_input("upstream", exc)
+            return
+        self.apply(out)
+        if not self.client_open and self.session.awaiting_upstream == 0:
+            self._close_upstream()
+        if self.proxy.stopping:
+            self.proxy.note_answered()
+
+    def upstream_lost(self) -> None:
+        if not self.upstream_open:
+            return
+        self.upstream_open = False
+        self.proxy.metrics.upstream_connections.dec()
+        unanswered = self.session.awaiting_upstream
+        if unanswered and self.client_open:
+            log.warning(
+                "upstream closed with requests in flight",
+                extra={"peer": self.peer, "reason": f"{unanswered} requests unanswered"},
+            )
+        self.finish()
+        if self.proxy.stopping:
+            self.proxy.note_answered()
+
+    # -- outputs, timers, the end -------------------------------------------------
+
+    def apply(self, out: Output) -> None:
+        """Carry out a session output: listeners first, then bytes, then other sessions."""
+        for discovered in out.discovered:
+            self.proxy.open_broker_listener(discovered.node_id, discovered.upstream)
+        if out.upstream:
+            if self.upstream is not None and self.upstream_open:
+                self.upstream.writelines(out.upstream)
+            elif not self.finished:
+                self._early.extend(out.upstream)
+        if out.client and self.client_open and self.client is not None:
+            self.client.writelines(out.client)
+        for session_id in out.woken:
+            self.proxy.wake(session_id)
+        self._schedule()
+
+    def _schedule(self) -> None:
+        """Arm the timer for the session's next deadline (a held retry's wait)."""
+        deadline = self.session.next_deadline()
+        if deadline == self._deadline:
+            return
+        if self._deadline_timer is not None:
+            self._deadline_timer.cancel()
+            self._deadline_timer = None
+        self._deadline = deadline
+        if deadline is not None and not self.finished:
+            delay = max(0.0, (deadline - wall_ms()) / 1000)
+            self._deadline_timer = asyncio.get_running_loop().call_later(delay, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._deadline_timer = None
+        self._deadline = None
+        self.apply(self.session.on_timer(wall_ms()))
+
+    def finish(self) -> None:
+        """End the link (once): the session settles what it owes, both sockets close."""
+        if self.finished:
+            return
+        self.finished = True
+        for timer in (self._drain_timer, self._deadline_timer):
+            if timer is not None:
+                timer.cancel()
+        self._early.clear()
+        out = self.session.close()
+        for session_id in out.woken:
+            self.proxy.wake(session_id)
+        if self.client is not None and self.client_open:
+            self.client.close()
+        self._close_upstream()
+        self.proxy.release(self)
+
+    def abort(self) -> None:
+        """Shutdown: drop both connections now."""
+        if self.client is not None:
+            self.client.abort()
+        if self.upstream is not None:
+            self.upstream.abort()
+        self.finish()
+
+    def _close_upstream(self) -> None:
+        if self.upstream is not None and self.upstream_open:
+            self.upstream.close()
+
+    def _bad_input(self, side: str, exc: ProxyError) -> None:
+        """Bad bytes: one log line, this link closed, nothing else touched."""
+        self._note_error(side, exc)
+        if side == "client":
+            self.proxy.metrics.frames_refused.labels(type(exc).__name__).inc()
+        if self.client is not None:
+            self.client.abort()
+        if self.upstream is not None:
+            self.upstream.abort()
+        self.finish()
+
+    def _note_error(self, side: str, exc: ProxyError) -> None:
+        reason = type(exc).__name__
+        self.proxy.metrics.connection_errors.labels(reason).inc()
+        log.warning(
+            "closing connection: %s sent bad data: %s",
+            side,
+            exc.reason,
+            extra={"peer": self.peer, "reason": reason, "kafka_error": exc.error_code},
+        )
+
+
+class _ClientSide:
+    __slots__ = ("_link",)
+
+    def __init__(self, link: Link) -> None:
+        self._link = link
+
+    def made(self, transport: asyncio.Transport) -> None:
+        self._link.client_made(transport)
+
+    def data(self, data: bytes) -> None:
+        self._link.client_data(data)
+
+    def eof(self) -> None:
+        self._link.client_eof()
+
+    def lost(self) -> None:
+        self._link.client_lost()
+
+    def other(self) -> asyncio.Transport | None:
+        return self._link.upstream
+
+
+class _UpstreamSide:
+    __slots__ = ("_link",)
+
+    def __init__(self, link: Link) -> None:
+        self._link = link
+
+    def made(self, transport: asyncio.Transport) -> None:
+        self._link.upstream_made(transport)
+
+    def data(self, data: bytes) -> None:
+        self._link.upstream_data(data)
+
+    def eof(self) -> None:
+        pass
+
+    def lost(self) -> None:
+        self._link.upstream_lost()
+
+    def other(self) -> asyncio.Transport | None:
+        return self._link.client
