@@ -18,4 +18,5 @@ TARGETS: dict[str, str] = {
     "frames": "target_frames",
     "batch": "target_batch",
     "responses": "target_responses",
+    "produce": "target_produce",
 }

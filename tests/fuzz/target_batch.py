@@ -1,24 +1,41 @@
 """Target ``batch``: a partition's record set through the v2 batch header reader.
 
-The input is the ``records`` bytes of one partition of a Produce request: read with
-``read_batch_header`` (from bytes and from a memoryview, as the zero-copy path will)
-and walked with ``count_batches``, and the header's derived fields read the way the
-idempotence engine reads them.
+The input is the ``records`` bytes of one partition of a Produce request, read the way
+the produce handler reads them: ``single_batch_header`` (then ``passes_broker_checks``
+on a batch it would track), ``read_batch_header`` at every batch offset (from bytes and
+from a memoryview, as the zero-copy view hands them over) and ``count_batches``.
 """
 
 from __future__ import annotations
 
-from proxy.wire.batch import HEADER_SIZE, count_batches, read_batch_header
+from proxy.wire.batch import (
+    HEADER_SIZE,
+    LOG_OVERHEAD,
+    count_batches,
+    passes_broker_checks,
+    read_batch_header,
+    single_batch_header,
+)
 from tests.fuzz._common import must_not_raise
 
 
 def test_one_input(data: bytes) -> None:
-    header = must_not_raise("read_batch_header", read_batch_header, data)
-    view = must_not_raise("read_batch_header(memoryview)", read_batch_header, memoryview(data))
-    assert header == view, (header, view)
-    if header is not None:
-        assert len(data) >= HEADER_SIZE
-        _ = (header.last_sequence, header.is_transactional, header.is_control)
-        _ = header.has_producer_id
+    view = memoryview(data)
+    single = must_not_raise("single_batch_header", single_batch_header, view)
+    if single is not None:
+        assert single.size == len(data), (single.size, len(data))
+        _ = (single.last_sequence, single.is_transactional, single.is_control)
+        _ = single.has_producer_id
+        must_not_raise("passes_broker_checks", passes_broker_checks, view)
+    offset = 0
+    while offset < len(data):
+        header = must_not_raise("read_batch_header", read_batch_header, data, offset)
+        again = must_not_raise("read_batch_header(memoryview)", read_batch_header, view, offset)
+        assert header == again, (header, again)
+        if header is None:
+            break
+        assert header.size >= HEADER_SIZE
+        assert header.batch_length >= HEADER_SIZE - LOG_OVERHEAD
+        offset += header.size
     count = must_not_raise("count_batches", count_batches, data)
     assert count is None or 0 <= count <= len(data) // HEADER_SIZE, (count, len(data))
