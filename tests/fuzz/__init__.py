@@ -19,4 +19,5 @@ TARGETS: dict[str, str] = {
     "batch": "target_batch",
     "responses": "target_responses",
     "produce": "target_produce",
+    "session": "target_session",
 }

@@ -13,7 +13,8 @@ small:
   requests as one stream (the ``frames`` target's input is a client byte stream);
 * ``responses/``: ``api_key, version`` + response body, for the APIs the proxy decodes;
 * ``batch/``: the ``records`` of each partition of each Produce request;
-* ``produce/``: ``version`` + Produce request body (header included).
+* ``produce/``: ``version`` + Produce request body (header included);
+* ``session/``: a request frame and a response of the same kind, for the session target.
 
 Needs Java 17+ and the Kafka jars (``make install``); takes about two minutes.
 """
@@ -379,12 +380,48 @@ def write_seeds(rec: Recording, out: Path) -> Seeds:
     return seeds
 
 
+def session_seeds(out: Path) -> int:
+    """Seeds of the ``session`` target from ``frames/`` and ``responses/`` of one capture.
+
+    Each request frame seed of an API the proxy decodes, with a response of the same
+    client, API and version (the target gives it the right correlation id), as
+    ``u16 len`` + frame + ``u16 len`` + response body; opaque APIs without a response.
+    """
+    responses: dict[str, list[bytes]] = collections.defaultdict(list)
+    for path in sorted((out / "responses").iterdir()):
+        responses[path.name.rsplit("-", 1)[0]].append(path.read_bytes()[2:])
+    directory = out / "session"
+    directory.mkdir(parents=True, exist_ok=True)
+    written = 0
+    for i, path in enumerate(sorted((out / "frames").iterdir())):
+        prefix = path.name.rsplit("-", 1)[0]
+        if prefix.endswith("-stream"):
+            continue
+        request = path.read_bytes()
+        seed = struct.pack(">H", len(request)) + request
+        candidates = responses.get(prefix)
+        if candidates:
+            body = candidates[i % len(candidates)]
+            seed += struct.pack(">H", len(body)) + body
+        (directory / path.name).write_bytes(seed)
+        written += 1
+    return written
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m tests.fuzz.capture", description=__doc__.split("\n")[0]
     )
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "corpus")
+    parser.add_argument(
+        "--session-only",
+        action="store_true",
+        help="only derive session/ from the frames/ and responses/ already in --out",
+    )
     args = parser.parse_args(argv)
+    if args.session_only:
+        print(f"{session_seeds(args.out)} session seeds written to {args.out / 'session'}")
+        return 0
     cluster = KafkaCluster(1, advertised_host=RELAY_HOST)
     ports = [cluster.address(n)[1] for n in cluster.node_ids()]
     relay = RecordingRelay(RELAY_HOST, "127.0.0.1", ports).start()
@@ -396,6 +433,7 @@ def main(argv: list[str] | None = None) -> int:
         cluster.close()
         relay.stop()
     seeds = write_seeds(relay.recording, args.out)
+    seeds.written += session_seeds(args.out)
     total = sum(p.stat().st_size for p in args.out.rglob("*") if p.is_file())
     print(f"{len(relay.recording.exchanges)} exchanges recorded; {seeds.written} seeds written "
           f"to {args.out} ({total} bytes in all)")  # fmt: skip
