@@ -71,3 +71,22 @@ def test_nullable_fields_may_still_be_null() -> None:
     assert response.topics == []
     request = struct.pack(">hhih", 3, 4, 7, -1) + _NULL_ARRAY + b"\x01"
     assert codec.decode_request(ApiKey.METADATA, 4, request).topics is None
+
+
+def test_values_kafka_python_decodes_as_none_are_not_nulls() -> None:
+    """Captured from a real Kafka 4.1 broker: a Metadata v13 response whose topic has
+    authorized operations "not requested" (-2^31, a bit field kafka-python maps to None)
+    must still decode; so must the all-zero topic id (also None in kafka-python)."""
+    from kafka.protocol.metadata import MetadataResponse
+
+    topic = MetadataResponse.MetadataResponseTopic(
+        error_code=3, name="t", topic_id=None, is_internal=False, partitions=[]
+    )
+    response = MetadataResponse[13](
+        throttle_time_ms=0, brokers=[], cluster_id="c", controller_id=1, topics=[topic]
+    )
+    response.with_header(correlation_id=5)
+    body = bytes(response.encode(header=True))
+    decoded = codec.decode_response(ApiKey.METADATA, 13, body)
+    assert decoded.topics[0].topic_id is None
+    assert decoded.topics[0].authorized_operations is None
