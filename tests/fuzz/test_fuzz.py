@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import struct
 from pathlib import Path
 
 import pytest
@@ -39,6 +40,34 @@ def test_seeds_replay_without_a_finding(target: str) -> None:
             module.test_one_input(path.read_bytes())
         except Exception as exc:
             raise AssertionError(f"seed {path.name} of target {target}: {exc!r}") from exc
+
+
+def test_real_client_frames_decode() -> None:
+    """The seeds are real traffic: the proxy must accept all of it. A target swallows
+    every ProxyError, so a decoder that wrongly rejects valid frames would pass it."""
+    from proxy.wire import codec
+    from proxy.wire.produce import ProduceRequestView
+    from tests.fuzz._common import DECODED_APIS, api_and_version
+
+    checked = 0
+    for path in _seeds("responses"):
+        data = path.read_bytes()
+        api, version = api_and_version(data[:2])
+        codec.decode_response(api, version, data[2:])
+        checked += 1
+    for path in _seeds("produce"):
+        data = path.read_bytes()
+        ProduceRequestView(data[1:], data[0])
+        checked += 1
+    for path in _seeds("frames"):
+        if "-stream-" in path.name:
+            continue
+        body = path.read_bytes()[4:]
+        api, version = struct.unpack_from(">hh", body, 0)
+        if api in DECODED_APIS and version <= codec.codec_max_version(api):
+            codec.decode_request(api, version, body)
+            checked += 1
+    assert checked > 100
 
 
 @pytest.mark.fuzz
