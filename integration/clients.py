@@ -8,8 +8,10 @@ and values instead of trusting a client's own success flag.
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 import uuid
+from collections import Counter
 from typing import Any
 
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
@@ -200,3 +202,83 @@ def confluent_create_topic(bootstrap: str, topic: str, partitions: int, replicat
     futures = admin.create_topics([CNewTopic(topic, partitions, replication)])
     for future in futures.values():
         future.result(30)
+
+
+class SteadyProducer(threading.Thread):
+    """A librdkafka idempotent producer sending `rate` unique records a second until
+    `finish()`; counts (and with `keep_values`, keeps) what the broker acknowledged.
+
+    Values are ``<name>-<sequence>``, so a test can tell its records from any others
+    and count losses and duplicates on read-back.
+    """
+
+    def __init__(
+        self,
+        bootstrap: str,
+        topic: str,
+        rate: int,
+        name: str,
+        *,
+        keep_values: bool = False,
+        **config: Any,
+    ) -> None:
+        super().__init__(name=name, daemon=True)
+        self.bootstrap, self.topic, self.rate = bootstrap, topic, rate
+        self.keep_values = keep_values
+        self.config = {
+            "bootstrap.servers": bootstrap,
+            "enable.idempotence": True,
+            "linger.ms": 5,
+            "message.timeout.ms": 120000,
+            **config,
+        }
+        self.sent = 0
+        self.acked = 0
+        self.acked_values: list[bytes] = []
+        self.acked_by_partition: Counter[int] = Counter()
+        self.errors: list[str] = []
+        self.stop = threading.Event()
+        self.flush_timeout = 60.0
+
+    def _report(self, err: Any, msg: Any) -> None:
+        if err is None:
+            self.acked += 1
+            self.acked_by_partition[msg.partition()] += 1
+            if self.keep_values:
+                self.acked_values.append(msg.value())
+        else:
+            self.errors.append(str(err))
+
+    def run(self) -> None:
+        from confluent_kafka import Producer
+
+        producer = Producer(self.config)
+        began = time.monotonic()
+        while not self.stop.is_set():
+            due = int((time.monotonic() - began) * self.rate)
+            while self.sent < due:
+                value = f"{self.name}-{self.sent:09d}".encode()
+                try:
+                    producer.produce(self.topic, value, on_delivery=self._report)
+                except BufferError:
+                    break
+                self.sent += 1
+            producer.poll(0.05)
+        remaining = producer.flush(self.flush_timeout)
+        if remaining:
+            self.errors.append(f"{remaining} records still queued after flush")
+
+    def finish(self, timeout: float = 60.0) -> None:
+        """Stop sending, wait for every record's outcome (at most `timeout` seconds)."""
+        self.flush_timeout = timeout
+        self.stop.set()
+        self.join(timeout + 30)
+
+    def wait_acked(self, count: int, timeout: float) -> bool:
+        """Wait until at least `count` records are acknowledged; False if not in time."""
+        deadline = time.monotonic() + timeout
+        while self.acked < count:
+            if time.monotonic() >= deadline or not self.is_alive():
+                return False
+            time.sleep(0.1)
+        return True

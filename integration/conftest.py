@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import re
 import uuid
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 
 import pytest
 
+from integration import proxy_process
 from integration.harness import (
     Cluster,
     TansuCluster,
@@ -104,6 +105,17 @@ def topic_name(request: pytest.FixtureRequest) -> str:
     """A topic name unique to this test (clusters are shared, names must not collide)."""
     base = re.sub(r"[^A-Za-z0-9._-]", "-", request.node.name)[:180]
     return f"{base}-{uuid.uuid4().hex[:8]}"
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    """A failed test keeps the log files of the proxies running at the time."""
+    report: pytest.TestReport = yield
+    if report.failed:
+        proxy_process.note_failure()
+    return report
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:

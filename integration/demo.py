@@ -11,7 +11,7 @@ messages three ways and reads them back through the same path:
   3. the same idempotent producer through idemproxy.
 
 and prints, side by side, the messages written twice and the retried batches that
-reached the broker.
+reached the broker, then the proxy's produce metrics from its /metrics.
 """
 
 from __future__ import annotations
@@ -28,6 +28,22 @@ import click
 
 from integration import clients
 from integration.rigs import Rig, kafka_rig, proxied_rig
+
+#: The proxy's samples printed at the end of the run (from its /metrics).
+PRODUCE_METRICS = (
+    "idemproxy_produce_batches_total",
+    "idemproxy_produce_records_total",
+    "idemproxy_producer_state_entries",
+)
+
+
+def produce_metrics(text: str) -> list[str]:
+    """The samples of PRODUCE_METRICS in a Prometheus text exposition."""
+    return [
+        line
+        for line in text.splitlines()
+        if line.split("{", 1)[0].split(" ", 1)[0] in PRODUCE_METRICS
+    ]
 
 
 def say(text: str) -> None:
@@ -127,9 +143,16 @@ def main(messages: int, lose_every: int) -> None:
                 lambda on: client_relay.drop_every(lose_every if on else 0),
                 lambda: client_relay.stats.acks_dropped,
             )
-            answered = proxied.proxy.metric("idemproxy_produce_batches_total", result="duplicate")
+            # Retries of acknowledged batches, and of batches still awaiting the broker's answer.
+            answered = sum(
+                proxied.proxy.metric("idemproxy_produce_batches_total", result=result)
+                for result in ("duplicate", "inflight_duplicate")
+            )
             row.answered_by_proxy = str(int(answered))
             rows.append(row)
+            metrics = produce_metrics(proxied.proxy.metrics())
+            stats = client_relay.stats
+            per_request = sum(stats.batches.values()) / max(1, stats.produce_requests)
         say("")
         header = ("run", "acked", "read", "written twice", "acks lost",
                   "retries at broker", "answered by proxy")  # fmt: skip
@@ -148,6 +171,15 @@ def main(messages: int, lose_every: int) -> None:
         widths = [max(len(row[i]) for row in table) for i in range(len(header))]
         for line in table:
             say("  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)))
+        say(
+            "\nMore batches are retried than acks lost: a lost ack is the answer to one Produce "
+            f"request, which carries a batch per partition ({per_request:.1f} on average here), "
+            "and the reset connection loses the answers of every other request in flight on it; "
+            "the producer retries all of those batches."
+        )
+        say("\nidemproxy's produce metrics at the end of run 3 (from its /metrics):")
+        for sample in metrics:
+            say(f"  {sample}")
         say(
             "\nMetrics: idemproxy serves Prometheus metrics on --metrics-listen (/metrics); "
             "the dashboard and alert rules live in deploy/grafana and deploy/prometheus."

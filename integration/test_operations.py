@@ -99,3 +99,27 @@ def test_json_logs_carry_peer_and_reason(kafka_cluster: Cluster) -> None:
     assert refused, records[-5:]
     assert refused[0]["level"] == "WARNING"
     assert refused[0]["peer"].startswith("127.0.0.1:")
+
+
+def test_producer_state_expiry_follows_a_broker_that_expires_sooner(
+    kafka_cluster: Cluster, topic_name: str
+) -> None:
+    """Issue 8, defect 4: the proxy must not remember a producer the broker has forgotten.
+
+    Configured for longer than the broker's producer.id.expiration.ms (1 day, the default
+    here), the proxy lowers its expiry to the broker's once it knows the brokers (after the
+    first Metadata through it) and its probe asked them with DescribeConfigs.
+    """
+    configured_ms = 3 * 86_400_000
+    extra = ["--producer-state-expiry", str(configured_ms)]
+    with ProxyProcess(kafka_cluster.bootstrap, extra=extra) as proxy:
+        assert proxy.metric("idemproxy_producer_state_expiry_seconds") == configured_ms / 1000
+        kafka_cluster.create_topic(topic_name)
+        assert clients.kafka_python_produce(proxy.bootstrap, topic_name, [b"x"]) == 1
+        deadline = time.monotonic() + 30  # the probe runs every 10 s
+        while time.monotonic() < deadline:
+            if proxy.metric("idemproxy_producer_state_expiry_seconds") == 86_400:
+                break
+            time.sleep(0.5)
+        assert proxy.metric("idemproxy_producer_state_expiry_seconds") == 86_400
+        assert "producer state expiry follows the brokers" in proxy.log()

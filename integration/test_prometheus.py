@@ -24,8 +24,7 @@ from typing import Any
 
 import pytest
 import yaml
-from kafka.protocol.producer import ProduceRequest, ProduceResponse
-from kafka.record.default_records import DefaultRecordBatch, DefaultRecordBatchBuilder
+from kafka.protocol.producer import ProduceResponse
 
 from integration import clients
 from integration.harness import Cluster, _proc
@@ -42,6 +41,7 @@ from tests.deploy.artifacts import (
     substitute,
     template_variables,
 )
+from tests.routing._support import idempotent_batch, produce_frame
 
 PROMETHEUS = shutil.which("prometheus")
 pytestmark = [
@@ -146,19 +146,9 @@ class PrometheusServer:
 
 
 def _record_batch(producer_id: int, epoch: int, sequence: int, values: list[bytes]) -> bytes:
-    builder = DefaultRecordBatchBuilder(
-        magic=2,
-        compression_type=DefaultRecordBatch.CODEC_NONE,
-        is_transactional=False,
-        producer_id=producer_id,
-        producer_epoch=epoch,
-        base_sequence=sequence,
-        batch_size=1 << 20,
+    return idempotent_batch(
+        producer_id, epoch, sequence, timestamp=int(time.time() * 1000), values=values
     )
-    now = int(time.time() * 1000)
-    for offset, value in enumerate(values):
-        builder.append(offset, timestamp=now, key=None, value=value, headers=[])
-    return bytes(builder.build())
 
 
 class RawProducer:
@@ -174,22 +164,14 @@ class RawProducer:
     def produce(self, batch: bytes) -> int:
         """Send one batch to partition 0; the partition's error code."""
         self.correlation_id += 1
-        request = ProduceRequest[self.VERSION](
-            transactional_id=None,
-            acks=-1,
-            timeout_ms=30000,
-            topic_data=[
-                ProduceRequest.TopicProduceData(
-                    name=self.topic,
-                    partition_data=[
-                        ProduceRequest.TopicProduceData.PartitionProduceData(index=0, records=batch)
-                    ],
-                )
-            ],
+        request = produce_frame(
+            self.VERSION,
+            self.topic,
+            [(0, batch)],
+            self.correlation_id,
+            client_id="test-prometheus",
         )
-        request.with_header(correlation_id=self.correlation_id, client_id="test-prometheus")
-        body = bytes(request.encode(header=True))
-        self.sock.sendall(struct.pack(">i", len(body)) + body)
+        self.sock.sendall(request)
         size = struct.unpack(">i", self._read(4))[0]
         response = ProduceResponse.decode(self._read(size), version=self.VERSION, header=True)
         (topic,) = response.responses

@@ -327,3 +327,33 @@ def test_config_error_from_a_real_process_is_one_line_and_exit_2() -> None:
     )
     assert completed.returncode == 2
     assert completed.stderr == "idemproxy: error: --listen: expected HOST:PORT, got 'foo'\n"
+
+
+@pytest.mark.parametrize("option", ["--listen", "--metrics-listen"])
+def test_a_port_in_use_exits_2_with_one_line_naming_the_option(option: str) -> None:
+    """Before the fix a busy port printed a traceback and exited 1."""
+    import socket
+
+    blocker = socket.socket()
+    blocker.bind(("127.0.0.1", 0))
+    blocker.listen()
+    busy = f"127.0.0.1:{blocker.getsockname()[1]}"
+    free = socket.socket()
+    free.bind(("127.0.0.1", 0))
+    listen = f"127.0.0.1:{free.getsockname()[1]}"
+    free.close()
+    try:
+        args = ["--upstream", "127.0.0.1:1", "--listen", listen, option, busy]
+        result = subprocess.run(
+            [sys.executable, "-m", "proxy", "serve", *args],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    finally:
+        blocker.close()
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith(f"idemproxy: error: {option}: cannot listen on {busy}: ")

@@ -30,8 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from kafka.protocol.producer import ProduceRequest, ProduceResponse
-from kafka.record.default_records import DefaultRecordBatchBuilder
+from kafka.protocol.producer import ProduceResponse
 from kafka.record.util import calc_crc32c
 
 from integration.bench.measure import percentile
@@ -42,6 +41,7 @@ from integration.harness.java_tools import (
     JavaToolError,
 )
 from integration.harness.kafka_dist import java_classpath, java_executable
+from tests.routing._support import idempotent_batch, produce_frame
 
 # -- ProducerPerformance ------------------------------------------------------------------------
 
@@ -351,19 +351,9 @@ class RawProducer:
         self.next_sequence: dict[int, int] = {}
         self.correlation_id = 0
         self._buf = bytearray()
-        builder = DefaultRecordBatchBuilder(
-            magic=2,
-            compression_type=0,
-            is_transactional=False,
-            producer_id=0,
-            producer_epoch=0,
-            base_sequence=0,
-            batch_size=1 << 20,
+        self._template = idempotent_batch(
+            0, 0, 0, timestamp=int(time.time() * 1000), values=[b"x" * value_size]
         )
-        builder.append(
-            0, timestamp=int(time.time() * 1000), key=None, value=b"x" * value_size, headers=[]
-        )
-        self._template = bytes(builder.build())
 
     def batch(self, producer_id: int, sequence: int, epoch: int = 0) -> bytes:
         buf = bytearray(self._template)
@@ -375,24 +365,14 @@ class RawProducer:
         sequence = self.next_sequence.get(producer_id, 0)
         self.next_sequence[producer_id] = sequence + 1
         batch = self.batch(producer_id, sequence, epoch)
-        partition_cls = ProduceRequest.TopicProduceData.PartitionProduceData
-        request = ProduceRequest[self.VERSION](
-            transactional_id=None,
-            acks=-1,
-            timeout_ms=30000,
-            topic_data=[
-                ProduceRequest.TopicProduceData(
-                    name=self.topic,
-                    partition_data=[
-                        partition_cls(index=i, records=batch) for i in range(self.partitions)
-                    ],
-                )
-            ],
-        )
         self.correlation_id += 1
-        request.with_header(correlation_id=self.correlation_id, client_id="idemproxy-bench")
-        body = bytes(request.encode(header=True))
-        return struct.pack(">i", len(body)) + body
+        return produce_frame(
+            self.VERSION,
+            self.topic,
+            [(i, batch) for i in range(self.partitions)],
+            self.correlation_id,
+            client_id="idemproxy-bench",
+        )
 
     def _read_frame(self) -> bytes:
         while True:

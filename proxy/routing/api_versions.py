@@ -12,6 +12,7 @@ from typing import Any
 
 from proxy.wire.apis import FETCH_MAX_VERSION, HIDDEN_APIS, ApiKey
 from proxy.wire.codec import codec_max_version, response_class
+from proxy.wire.error_codes import UNSUPPORTED_VERSION
 
 #: Highest version the proxy lets clients use, per API it constrains.
 VERSION_CAPS: dict[int, int] = {
@@ -22,8 +23,6 @@ VERSION_CAPS: dict[int, int] = {
     ApiKey.DESCRIBE_CLUSTER: codec_max_version(ApiKey.DESCRIBE_CLUSTER),
     ApiKey.FETCH: FETCH_MAX_VERSION,
 }
-
-_UNSUPPORTED_VERSION = 35
 
 
 def narrow_api_versions(response: Any) -> None:
@@ -52,7 +51,7 @@ def unsupported_api_versions_response(correlation_id: int) -> Any:
     """
     cls = response_class(ApiKey.API_VERSIONS)
     response = cls[0](
-        error_code=_UNSUPPORTED_VERSION,
+        error_code=UNSUPPORTED_VERSION,
         api_keys=[
             cls.ApiVersion(
                 api_key=ApiKey.API_VERSIONS,

@@ -25,7 +25,7 @@ from proxy.idempotence.engine import IdempotenceEngine
 from proxy.routing.directory import BrokerDirectory
 from proxy.routing.session import Shared
 from proxy.server.health import probe_producer_expiry, probe_upstream
-from proxy.server.link import Link, wall_ms
+from proxy.server.link import Connector, Link, wall_ms
 from proxy.server.metrics import Metrics
 from proxy.server.pump import Pump
 
@@ -76,7 +76,9 @@ class Proxy:
             inflight_wait_ms=int(config.inflight_wait * 1000),
         )
         self.metrics.watch_producer_state(
-            lambda: self.engine.entries, lambda: self.engine.evictions
+            lambda: self.engine.entries,
+            lambda: self.engine.evictions,
+            lambda: self.engine.expiry_ms,
         )
         self.tasks = TaskSet()
         self.links: dict[int, Link] = {}
@@ -95,6 +97,8 @@ class Proxy:
         #: Broker listeners that could not be opened: node id -> reason (fails /readyz).
         self.listener_problems: dict[int, str] = {}
         self._probed_at = -1e9
+        #: How links reach brokers; None is the loop's create_connection (tests substitute it).
+        self.connector: Connector | None = None
 
     async def start(self) -> None:
         """Bind the bootstrap listener (and the metrics port when configured).
@@ -103,6 +107,15 @@ class Proxy:
         """
         listen = self.config.listen
         bootstrap = self.upstream_targets
+        # The management port first: once clients can connect, /metrics and /readyz answer.
+        if self.config.metrics_listen is not None:
+            from proxy.server.http import start_http
+
+            try:
+                self._http = await start_http(self, self.config.metrics_listen)
+            except OSError as exc:
+                reason = exc.strerror or str(exc)
+                raise StartError("metrics_listen", self.config.metrics_listen, reason) from exc
         try:
             server = await asyncio.get_running_loop().create_server(
                 lambda: self._accept(bootstrap, "bootstrap"),
@@ -111,20 +124,12 @@ class Proxy:
                 reuse_address=True,
             )
         except OSError as exc:
+            if self._http is not None:
+                self._http.close()
             raise StartError("listen", listen, exc.strerror or str(exc)) from exc
         self._servers.append(server)
         sockname = server.sockets[0].getsockname()
         self.bootstrap_address = Address(listen.host, int(sockname[1]))
-        if self.config.metrics_listen is not None:
-            from proxy.server.http import start_http
-
-            try:
-                self._http = await start_http(self, self.config.metrics_listen)
-            except OSError as exc:
-                server.close()
-                raise StartError(
-                    "metrics-listen", self.config.metrics_listen, exc.strerror or str(exc)
-                ) from exc
         self.tasks.spawn(self._watch_upstream(), name="upstream probe")
         log.info(
             "listening",

@@ -120,8 +120,8 @@ class Link:
 
     # -- upstream ---------------------------------------------------------------
 
-    async def _connect(self, connector: Connector | None = None) -> None:
-        connect = connector or asyncio.get_running_loop().create_connection
+    async def _connect(self) -> None:
+        connect = self.proxy.connector or asyncio.get_running_loop().create_connection
         timeout = self.proxy.config.connect_timeout
         failures: list[str] = []
         for target in self.targets:

@@ -146,12 +146,15 @@ class Metrics:
         return children
 
     def watch_producer_state(
-        self, entries: Callable[[], int], evictions: Callable[[], int]
+        self,
+        entries: Callable[[], int],
+        evictions: Callable[[], int],
+        expiry_ms: Callable[[], int] = lambda: 0,
     ) -> None:
-        """Export the idempotence engine's size and eviction count, read at scrape time."""
-        self.registry.register(_StateCollector(entries, evictions))
+        """Export the idempotence engine's size, evictions and expiry, read at scrape time."""
+        self.registry.register(_StateCollector(entries, evictions, expiry_ms))
 
-    # ProduceObserver protocol of proxy.idempotence.produce
+    # ProduceObserver protocol of proxy.idempotence.coordinator
     def produce_batch(self, result: str, records: int) -> None:
         batches, records_counter = self._by_result[result]
         batches.inc()
@@ -174,15 +177,27 @@ class Metrics:
 
 
 class _StateCollector(Collector):
-    def __init__(self, entries: Callable[[], int], evictions: Callable[[], int]) -> None:
+    def __init__(
+        self,
+        entries: Callable[[], int],
+        evictions: Callable[[], int],
+        expiry_ms: Callable[[], int],
+    ) -> None:
         self._entries = entries
         self._evictions = evictions
+        self._expiry_ms = expiry_ms
 
     def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
         yield GaugeMetricFamily(
             "idemproxy_producer_state_entries",
             "Producer-partitions whose recent batches the proxy remembers.",
             value=self._entries(),
+        )
+        yield GaugeMetricFamily(
+            "idemproxy_producer_state_expiry_seconds",
+            "Idle time after which a producer's state is forgotten: the lower of the configured "
+            "value and the brokers' producer.id.expiration.ms.",
+            value=self._expiry_ms() / 1000,
         )
         yield CounterMetricFamily(
             "idemproxy_producer_state_evictions",

@@ -33,7 +33,6 @@ _CONTROL = 0x20
 # baseOffset, batchLength, leaderEpoch, magic, crc, attributes, lastOffsetDelta,
 # baseTimestamp, maxTimestamp, producerId, producerEpoch, baseSequence, recordCount
 _HEADER = struct.Struct(">qiibIhiqqqhii")
-_INT32 = struct.Struct(">i")
 
 
 def last_sequence(base_sequence: int, last_offset_delta: int) -> int:
@@ -128,22 +127,6 @@ def single_batch_header(records: bytes | bytearray | memoryview) -> BatchHeader 
     except DecodeError:
         return None
     return header if header.size == len(records) else None
-
-
-def count_batches(records: bytes | bytearray | memoryview) -> int:
-    """Number of batches in a record set, walking batch lengths only (never records)."""
-    pos = 0
-    n = 0
-    end = len(records)
-    while end - pos >= LOG_OVERHEAD:
-        (length,) = _INT32.unpack_from(records, pos + 8)
-        if length < HEADER_SIZE - LOG_OVERHEAD:
-            raise DecodeError(f"record batch length {length} is too small")
-        pos += LOG_OVERHEAD + length
-        n += 1
-    if pos != end:
-        raise DecodeError("record set ends inside a batch")
-    return n
 
 
 def passes_broker_checks(records: bytes | bytearray | memoryview) -> bool:

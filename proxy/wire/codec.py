@@ -9,14 +9,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from kafka.protocol.admin import DescribeClusterRequest, DescribeClusterResponse
-from kafka.protocol.metadata import MetadataRequest, MetadataResponse
-from kafka.protocol.metadata.api_versions import ApiVersionsRequest, ApiVersionsResponse
-from kafka.protocol.metadata.find_coordinator import (
-    FindCoordinatorRequest,
-    FindCoordinatorResponse,
-)
-from kafka.protocol.producer import ProduceRequest, ProduceResponse
+from kafka.protocol.admin import DescribeClusterResponse
+from kafka.protocol.metadata import MetadataResponse
+from kafka.protocol.metadata.api_versions import ApiVersionsResponse
+from kafka.protocol.metadata.find_coordinator import FindCoordinatorResponse
+from kafka.protocol.producer import ProduceResponse
 from kafka.protocol.schemas.fields.codecs import TaggedFields
 from kafka.protocol.schemas.fields.codecs.types import UnsignedVarInt32
 
@@ -62,29 +59,30 @@ def _keep_unknown_tags() -> None:
 
 _keep_unknown_tags()
 
-# API key -> (request class, response class) for every API whose bodies the proxy reads.
-_MESSAGES: dict[int, tuple[Any, Any]] = {
-    ApiKey.PRODUCE: (ProduceRequest, ProduceResponse),
-    ApiKey.METADATA: (MetadataRequest, MetadataResponse),
-    ApiKey.FIND_COORDINATOR: (FindCoordinatorRequest, FindCoordinatorResponse),
-    ApiKey.API_VERSIONS: (ApiVersionsRequest, ApiVersionsResponse),
-    ApiKey.DESCRIBE_CLUSTER: (DescribeClusterRequest, DescribeClusterResponse),
+# API key -> response class, for every API whose responses the proxy may decode in full
+# (requests are only peeked at: Produce through proxy.wire.produce).
+_MESSAGES: dict[int, Any] = {
+    ApiKey.PRODUCE: ProduceResponse,
+    ApiKey.METADATA: MetadataResponse,
+    ApiKey.FIND_COORDINATOR: FindCoordinatorResponse,
+    ApiKey.API_VERSIONS: ApiVersionsResponse,
+    ApiKey.DESCRIBE_CLUSTER: DescribeClusterResponse,
 }
 
 
 def codec_max_version(api_key: int) -> int:
     """Highest version of an API kafka-python's generated classes can decode and encode."""
-    return int(_MESSAGES[api_key][1].max_version)
+    return int(_MESSAGES[api_key].max_version)
 
 
-def _classes(api_key: int, version: int) -> tuple[Any, Any]:
+def _response_class(api_key: int, version: int) -> Any:
     try:
-        pair = _MESSAGES[api_key]
+        cls = _MESSAGES[api_key]
     except KeyError:
         raise UnsupportedVersion(f"API key {api_key} is not decoded by the proxy") from None
-    if not 0 <= version <= pair[1].max_version:
+    if not 0 <= version <= cls.max_version:
         raise UnsupportedVersion(f"API key {api_key} version {version} cannot be decoded")
-    return pair
+    return cls
 
 
 #: Simple field types whose length prefix of -1 kafka-python decodes as None.
@@ -116,23 +114,15 @@ def _reject_nulls(struct: Any, item: Any, version: int, where: str) -> None:
             _reject_nulls(field, value, version, where)
 
 
-def _decode(cls: Any, version: int, body: bytes) -> Any:
+def decode_response(api_key: int, version: int, body: bytes) -> Any:
+    """Decode a response body (header included) into kafka-python's message object."""
+    cls = _response_class(api_key, version)
     try:
         message = cls.decode(body, version=version, header=True)
-    except Exception as exc:  # the library raises assorted types on bad bytes
+    except Exception as exc:
         raise DecodeError(f"{cls.__name__} v{version} does not decode: {exc!r}") from exc
     _reject_nulls(cls._struct, message, version, f"{cls.__name__} v{version}")
     return message
-
-
-def decode_request(api_key: int, version: int, body: bytes) -> Any:
-    """Decode a request body (header included) into kafka-python's message object."""
-    return _decode(_classes(api_key, version)[0], version, body)
-
-
-def decode_response(api_key: int, version: int, body: bytes) -> Any:
-    """Decode a response body (header included) into kafka-python's message object."""
-    return _decode(_classes(api_key, version)[1], version, body)
 
 
 def encode(message: Any) -> bytes:
@@ -142,9 +132,4 @@ def encode(message: Any) -> bytes:
 
 def response_class(api_key: int) -> Any:
     """kafka-python's response class for an API the proxy decodes."""
-    return _MESSAGES[api_key][1]
-
-
-def request_class(api_key: int) -> Any:
-    """kafka-python's request class for an API the proxy decodes."""
-    return _MESSAGES[api_key][0]
+    return _MESSAGES[api_key]

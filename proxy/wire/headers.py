@@ -44,11 +44,6 @@ def peek_correlation_id(body: bytes) -> int:
     return int(correlation_id)
 
 
-def replace_correlation_id(body: bytes, correlation_id: int) -> bytes:
-    """Return a response body with its correlation id replaced (the rest untouched)."""
-    return _CORRELATION.pack(correlation_id) + body[4:]
-
-
 def _read_uvarint(body: bytes, pos: int) -> tuple[int, int]:
     value = 0
     shift = 0

@@ -165,8 +165,13 @@ def idempotent_batch(
     *,
     transactional: bool = False,
     timestamp: int = BATCH_TIMESTAMP,
+    values: Sequence[bytes] | None = None,
 ) -> bytes:
-    """A v2 batch of `records` records, timestamps timestamp..timestamp+records-1."""
+    """A v2 batch of `records` records (or of `values`), timestamps timestamp, timestamp+1...
+
+    The one builder of hand-made batches: unit tests, the Prometheus test and the bench use it.
+    A producer id of -1 (with epoch and sequence -1) is a batch of a non-idempotent producer.
+    """
     builder = DefaultRecordBatchBuilder(
         magic=2,
         compression_type=DefaultRecordBatch.CODEC_NONE,
@@ -176,8 +181,10 @@ def idempotent_batch(
         base_sequence=base_sequence,
         batch_size=1 << 16,
     )
-    for i in range(records):
-        builder.append(i, timestamp=timestamp + i, key=b"k%d" % i, value=b"v%d" % i, headers=[])
+    if values is None:
+        values = [b"v%d" % i for i in range(records)]
+    for i, value in enumerate(values):
+        builder.append(i, timestamp=timestamp + i, key=b"k%d" % i, value=value, headers=[])
     return bytes(builder.build())
 
 
@@ -210,6 +217,20 @@ def produce_request_with(
             for name, partitions in topics
         ],
     )
+
+
+def produce_frame(
+    version: int,
+    topic: str,
+    partitions: Sequence[tuple[int, bytes]],
+    correlation_id: int,
+    *,
+    client_id: str = "test",
+    acks: int = -1,
+) -> bytes:
+    """A whole Produce request frame (size prefix included) for one topic."""
+    request = produce_request_with(version, [(topic, partitions)], acks=acks)
+    return frame(encode_request(request, correlation_id, client_id))
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,7 @@ import pytest
 from kafka.record.legacy_records import LegacyRecordBatchBuilder
 
 from proxy.address import Address
+from proxy.errors import DecodeError, FrameError
 from proxy.idempotence.coordinator import Policy, ProduceCoordinator
 from proxy.idempotence.engine import IdempotenceEngine
 from proxy.routing.directory import BrokerDirectory
@@ -1005,3 +1006,119 @@ def test_magic_1_message_set_is_forwarded_for_the_broker_to_judge(version: int) 
         produce_request_with(version, one("orders", 0, _legacy_message_set())), 1
     )
     assert sent.upstream == [frame(body)]
+
+
+# -- every forwarded batch is settled on every exit path (issue 8, defect 1) -------------
+
+
+def _garbage_produce_response(correlation_id: int) -> bytes:
+    return struct.pack(">i", correlation_id) + b"\xff\xff\xff\xff not a produce response"
+
+
+@pytest.mark.parametrize("exit_path", ["undecodable-response", "mismatched-correlation-id"])
+def test_a_broken_response_settles_its_tickets_when_the_connection_closes(exit_path: str) -> None:
+    """Before the fix the broken response's slot left the session before close() could see it:
+    its ticket was never completed and every later retry of the batch waited forever."""
+    proxy = Proxy()
+    batch = idempotent_batch(PID, 0, 0)
+    first, _, second = _inflight_pair(proxy, batch)
+    if exit_path == "undecodable-response":
+        with pytest.raises(DecodeError):
+            first.session.receive_upstream(frame(_garbage_produce_response(1)))
+    else:
+        with pytest.raises(FrameError):
+            first.reply(produce_response_with(V, [("orders", [ok(0, 42)])]), 99)
+    assert proxy.engine.pending == 1  # still owed, by the first connection's ledger
+    first.close()  # what the server does after bad bytes from the broker
+    assert proxy.engine.pending == 0
+    assert proxy.coordinator.waiting == 0
+    (late,) = second.later_bodies()
+    assert only_answer(late, V, 2).error_code == REQUEST_TIMED_OUT
+    # Nothing is stuck: the client's next retry reaches the broker, which decides.
+    body, sent = proxy.connect().send(produce_request_with(V, one("orders", 0, batch)), 3)
+    assert sent.upstream == [frame(body)]
+
+
+def test_a_partial_broker_frame_at_close_settles_the_ticket_as_unknown() -> None:
+    proxy = Proxy()
+    batch = idempotent_batch(PID, 0, 0)
+    conn = proxy.connect()
+    conn.send(produce_request_with(V, one("orders", 0, batch)), 1)
+    reply = encode_response(produce_response_with(V, [("orders", [ok(0, 42)])]), 1)
+    conn.session.receive_upstream(frame(reply)[:9])  # the broker went away mid-frame
+    conn.close()
+    assert proxy.engine.pending == 0
+    # Unknown outcome: not remembered as written, so the retry goes to the broker.
+    body, sent = proxy.connect().send(produce_request_with(V, one("orders", 0, batch)), 2)
+    assert sent.upstream == [frame(body)]
+
+
+def test_closing_a_connection_twice_settles_once() -> None:
+    proxy = Proxy()
+    conn = proxy.connect()
+    conn.send(produce_request_with(V, one("orders", 0, idempotent_batch(PID, 0, 0))), 1)
+    assert conn.close() == Output()
+    assert conn.close() == Output()
+    assert proxy.engine.pending == 0
+
+
+# -- a retry waits for its in-flight original only so long (issue 8, defect 2) -----------
+
+
+def test_retry_of_an_original_out_longer_than_the_wait_is_forwarded_at_once() -> None:
+    """Before the fix the retry waited for the original however long the broker took."""
+    proxy = Proxy(inflight_wait_ms=1000)
+    batch = idempotent_batch(PID, 0, 0)
+    first = proxy.connect()
+    first.send(produce_request_with(V, one("orders", 0, batch)), 1)
+    proxy.clock.ms += 5000  # the client timed out after 5 s and retries on a new connection
+    second = proxy.connect()
+    body, sent = second.send(produce_request_with(V, one("orders", 0, batch)), 2)
+    assert sent.upstream == [frame(body)]  # the broker deduplicates it
+    reply, got = second.reply(produce_response_with(V, [("orders", [ok(0, 42)])]), 2)
+    assert got.client == [frame(reply)]
+    assert proxy.engine.pending == 1  # the original, still owed by the first connection
+    first.reply(produce_response_with(V, [("orders", [ok(0, 42)])]), 1)
+    assert proxy.engine.pending == 0
+    assert proxy.counts.batches == [("forwarded", 1), ("forwarded", 1)]
+
+
+def test_a_waiting_retry_is_forwarded_when_its_wait_runs_out() -> None:
+    proxy = Proxy(inflight_wait_ms=1000)
+    batch = idempotent_batch(PID, 0, 0)
+    first = proxy.connect()
+    first.send(produce_request_with(V, one("orders", 0, batch)), 1)
+    proxy.clock.ms += 200
+    second = proxy.connect()
+    _, sent = second.send(produce_request_with(V, one("orders", 0, batch)), 7)
+    assert sent == Output()  # waits for the original
+    assert second.session.next_deadline() == NOW_MS + 1000
+    assert second.session.on_timer(NOW_MS + 999) == Output()
+    proxy.clock.ms = NOW_MS + 1000
+    late = second.session.on_timer(NOW_MS + 1000)
+    (ours,) = upstream_frames(late)
+    assert late.client == []
+    request = decode_produce_request(V, ours)
+    assert request.header.correlation_id < 0  # the proxy's own request, not the client's
+    assert request_partitions(request) == [("orders", 0, batch)]
+    assert second.session.next_deadline() is None
+    reply = encode_response(
+        produce_response_with(V, [("orders", [ok(0, 42)])]), request.header.correlation_id
+    )
+    got = proxy.deliver(second.session.receive_upstream(frame(reply)))
+    (body,) = client_frames(got)
+    assert only_answer(body, V, 7) == ok(0, 42)
+    # The original's own answer still settles its ticket; nothing is owed afterwards.
+    first.reply(produce_response_with(V, [("orders", [ok(0, 42)])]), 1)
+    assert proxy.engine.pending == 0
+    assert proxy.coordinator.waiting == 0
+
+
+def test_a_retry_resolved_before_its_wait_runs_out_is_not_forwarded() -> None:
+    proxy = Proxy(inflight_wait_ms=1000)
+    batch = idempotent_batch(PID, 0, 0)
+    first, _, second = _inflight_pair(proxy, batch)
+    first.reply(produce_response_with(V, [("orders", [ok(0, 42)])]), 1)
+    assert len(second.later_bodies()) == 1
+    assert second.session.next_deadline() is None
+    assert second.session.on_timer(NOW_MS + 10_000) == Output()

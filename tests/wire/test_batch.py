@@ -15,7 +15,6 @@ from proxy.wire.batch import (
     INT32_MAX,
     NO_PRODUCER_ID,
     NO_SEQUENCE,
-    count_batches,
     last_sequence,
     read_batch_header,
     single_batch_header,
@@ -219,60 +218,39 @@ def test_decode_error_carries_corrupt_message_code() -> None:
     assert info.value.error_code == 2
 
 
-def test_count_batches_of_an_empty_record_set() -> None:
-    assert count_batches(b"") == 0
+@pytest.mark.parametrize("n", [2, 5])
+def test_several_batches_in_one_record_set_are_not_a_single_batch(n: int) -> None:
+    raw = b"".join(build_batch(records=i + 1, base_sequence=10 * i) for i in range(n))
+    assert single_batch_header(raw) is None
+    assert read_batch_header(raw).record_count == 1  # the first header still reads
 
 
-@pytest.mark.parametrize("n", [1, 2, 5])
-def test_count_batches_walks_batch_lengths(n: int) -> None:
-    raw = b"".join(
-        build_batch(
-            records=i + 1,
-            base_sequence=10 * i,
-            compression=DefaultRecordBatch.CODEC_GZIP if i % 2 else DefaultRecordBatch.CODEC_NONE,
-        )
-        for i in range(n)
-    )
-    assert count_batches(raw) == n
-    assert count_batches(memoryview(raw)) == n
-
-
-def test_count_batches_rejects_a_truncated_batch() -> None:
-    raw = build_batch() + build_batch()
-    with pytest.raises(DecodeError):
-        count_batches(raw[:-1])
-
-
-def test_count_batches_rejects_trailing_bytes() -> None:
-    with pytest.raises(DecodeError):
-        count_batches(build_batch() + b"\x00" * 5)
+def test_a_truncated_or_padded_batch_is_not_a_single_batch() -> None:
+    raw = build_batch()
+    assert single_batch_header(raw) == read_batch_header(raw)
+    assert single_batch_header(raw[:-1]) is None
+    assert single_batch_header(raw + b"\x00" * 5) is None
 
 
 @pytest.mark.parametrize("length", [-1, 0, HEADER_SIZE - 13])
-def test_count_batches_rejects_a_length_below_the_header(length: int) -> None:
+def test_a_length_below_the_header_raises(length: int) -> None:
     raw = bytearray(build_batch())
     struct.pack_into(">i", raw, 8, length)
     with pytest.raises(DecodeError, match="too small"):
-        count_batches(bytes(raw))
+        read_batch_header(bytes(raw))
+    assert single_batch_header(bytes(raw)) is None
 
 
-def test_count_batches_accepts_the_minimum_length() -> None:
-    raw = bytearray(HEADER_SIZE)
-    struct.pack_into(">i", raw, 8, HEADER_SIZE - 12)
-    assert count_batches(bytes(raw)) == 1
-
-
-def test_count_batches_rejects_a_hostile_length() -> None:
+def test_a_hostile_length_is_not_a_single_batch() -> None:
     raw = bytearray(build_batch())
     struct.pack_into(">i", raw, 8, INT32_MAX)
-    with pytest.raises(DecodeError):
-        count_batches(bytes(raw))
+    assert single_batch_header(bytes(raw)) is None
 
 
 @settings(max_examples=300, deadline=None)
 @given(data=st.binary(max_size=200))
 def test_random_record_sets_only_raise_proxy_errors(data: bytes) -> None:
-    for reader in (read_batch_header, count_batches):
+    for reader in (read_batch_header, single_batch_header):
         try:
             reader(data)
         except ProxyError:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from kafka.protocol.metadata import MetadataRequest, MetadataResponse
+from kafka.protocol.metadata import MetadataResponse
 
 from proxy.errors import DecodeError, ProxyError, UnsupportedVersion
 from proxy.wire import codec
@@ -31,7 +31,6 @@ def test_codec_max_versions() -> None:
 
 
 def test_message_classes() -> None:
-    assert codec.request_class(ApiKey.METADATA) is MetadataRequest
     assert codec.response_class(ApiKey.METADATA) is MetadataResponse
 
 
@@ -40,17 +39,15 @@ def test_api_tables_are_consistent() -> None:
     assert not HIDDEN_APIS & set(DECODED)
 
 
-@pytest.mark.parametrize("decode", [codec.decode_request, codec.decode_response])
-def test_api_not_decoded_by_the_proxy_is_unsupported(decode: object) -> None:
+def test_api_not_decoded_by_the_proxy_is_unsupported() -> None:
     with pytest.raises(UnsupportedVersion):
-        decode(ApiKey.FETCH, 4, b"\x00" * 20)  # type: ignore[operator]
+        codec.decode_response(ApiKey.FETCH, 4, b"\x00" * 20)
 
 
 @pytest.mark.parametrize("version", [-1, 14, 32767])
-@pytest.mark.parametrize("decode", [codec.decode_request, codec.decode_response])
-def test_version_outside_the_codec_is_unsupported(decode: object, version: int) -> None:
+def test_version_outside_the_codec_is_unsupported(version: int) -> None:
     with pytest.raises(UnsupportedVersion) as info:
-        decode(ApiKey.METADATA, version, b"\x00" * 20)  # type: ignore[operator]
+        codec.decode_response(ApiKey.METADATA, version, b"\x00" * 20)
     assert info.value.error_code == 35
 
 
@@ -73,26 +70,15 @@ def test_decode_encode_round_trip_is_byte_identical() -> None:
     body = bytes(response.encode(header=True))
     assert codec.encode(codec.decode_response(ApiKey.METADATA, 12, body)) == body
 
-    request = MetadataRequest[4](topics=None, allow_auto_topic_creation=True)
-    request.with_header(correlation_id=3, client_id="c")
-    body = bytes(request.encode(header=True))
-    decoded = codec.decode_request(ApiKey.METADATA, 4, body)
-    assert decoded.header.correlation_id == 3
-    assert codec.encode(decoded) == body
-
 
 @settings(max_examples=300, deadline=None)
 @given(
     api_key=st.sampled_from(DECODED),
     version=st.integers(min_value=0, max_value=13),
     body=st.binary(max_size=80),
-    is_request=st.booleans(),
 )
-def test_random_bodies_only_raise_proxy_errors(
-    api_key: int, version: int, body: bytes, is_request: bool
-) -> None:
-    decode = codec.decode_request if is_request else codec.decode_response
+def test_random_bodies_only_raise_proxy_errors(api_key: int, version: int, body: bytes) -> None:
     try:
-        decode(api_key, version, body)
+        codec.decode_response(api_key, version, body)
     except ProxyError:
         pass

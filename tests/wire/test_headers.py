@@ -15,7 +15,6 @@ from proxy.wire.headers import (
     RequestHeader,
     peek_correlation_id,
     peek_request_header,
-    replace_correlation_id,
     request_header_length,
 )
 
@@ -86,18 +85,6 @@ def test_peek_correlation_id_reads_the_first_four_bytes() -> None:
 def test_peek_correlation_id_of_a_short_body_raises_frame_error(size: int) -> None:
     with pytest.raises(FrameError):
         peek_correlation_id(b"\x01" * size)
-
-
-def test_replace_correlation_id_changes_only_the_first_four_bytes() -> None:
-    body = struct.pack(">i", 1) + b"\x00\x02payload"
-    replaced = replace_correlation_id(body, 77)
-    assert replaced == struct.pack(">i", 77) + b"\x00\x02payload"
-    assert peek_correlation_id(replaced) == 77
-    assert len(replaced) == len(body)
-
-
-def test_replace_correlation_id_accepts_negative_ids() -> None:
-    assert replace_correlation_id(b"\x00\x00\x00\x01", -1) == b"\xff\xff\xff\xff"
 
 
 # -- request header length --------------------------------------------------
