@@ -32,11 +32,6 @@ def api_and_version(selector: bytes) -> tuple[int, int]:
     return api, version
 
 
-def flexible_request(api_key: int, version: int) -> bool:
-    """Whether a request of a decoded API uses the v2 header (tagged fields)."""
-    return bool(codec.request_class(api_key).flexible_version_q(version))
-
-
 def must_not_raise(label: str, fn: Any, *args: Any) -> Any:
     """Call fn; a ProxyError is a normal answer (None), anything else is a finding."""
     try:

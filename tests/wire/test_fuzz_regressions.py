@@ -12,6 +12,7 @@ import pytest
 from proxy.errors import DecodeError
 from proxy.wire import codec
 from proxy.wire.apis import ApiKey
+from proxy.wire.produce import ProduceRequestView
 
 _NULL_ARRAY = struct.pack(">i", -1)
 
@@ -24,29 +25,30 @@ def _produce_v3(topics: bytes) -> bytes:
 
 def test_produce_request_with_null_topic_array_is_a_decode_error() -> None:
     """frames target: kafka-python decoded topic_data as None and the produce planner's
-    `for topic in request.topic_data` raised TypeError; the broker rejects a null
-    non-nullable array ("non-nullable field topicData was serialized as null")."""
-    with pytest.raises(DecodeError, match="topic_data"):
-        codec.decode_request(ApiKey.PRODUCE, 3, _produce_v3(_NULL_ARRAY))
+    `for topic in request.topic_data` raised TypeError (before main's zero-copy view
+    replaced it); the broker rejects a null non-nullable array ("non-nullable field
+    topicData was serialized as null")."""
+    with pytest.raises(DecodeError, match="null"):
+        ProduceRequestView(_produce_v3(_NULL_ARRAY), 3)
 
 
 def test_produce_request_with_null_partition_array_is_a_decode_error() -> None:
     topic = struct.pack(">i", 1) + struct.pack(">h", 1) + b"t" + _NULL_ARRAY
-    with pytest.raises(DecodeError, match="partition_data"):
-        codec.decode_request(ApiKey.PRODUCE, 3, _produce_v3(topic))
+    with pytest.raises(DecodeError, match="null"):
+        ProduceRequestView(_produce_v3(topic), 3)
 
 
 def test_produce_request_with_null_topic_name_is_a_decode_error() -> None:
     topic = struct.pack(">i", 1) + struct.pack(">h", -1) + struct.pack(">i", 0)
-    with pytest.raises(DecodeError, match="name"):
-        codec.decode_request(ApiKey.PRODUCE, 3, _produce_v3(topic))
+    with pytest.raises(DecodeError, match="null topic name"):
+        ProduceRequestView(_produce_v3(topic), 3)
 
 
 def test_null_records_stay_allowed() -> None:
     partition = struct.pack(">i", 0) + _NULL_ARRAY  # records are nullable in every version
     topic = struct.pack(">i", 1) + struct.pack(">h", 1) + b"t" + struct.pack(">i", 1) + partition
-    request = codec.decode_request(ApiKey.PRODUCE, 3, _produce_v3(topic))
-    assert request.topic_data[0].partition_data[0].records is None
+    view = ProduceRequestView(_produce_v3(topic), 3)
+    assert len(view.records(next(view.partitions()))) == 0
 
 
 def test_api_versions_response_with_null_api_keys_is_a_decode_error() -> None:
@@ -66,11 +68,11 @@ def test_find_coordinator_v4_with_null_coordinators_is_a_decode_error() -> None:
 
 def test_nullable_fields_may_still_be_null() -> None:
     # Metadata v1 response: correlation id, brokers [], controller id, topics [];
-    # v4 request with topics null (nullable from v1: "all topics")
+    # Metadata v2 adds the cluster id, a nullable string
     response = codec.decode_response(ApiKey.METADATA, 1, struct.pack(">iiii", 5, 0, 1, 0))
     assert response.topics == []
-    request = struct.pack(">hhih", 3, 4, 7, -1) + _NULL_ARRAY + b"\x01"
-    assert codec.decode_request(ApiKey.METADATA, 4, request).topics is None
+    body = struct.pack(">ii", 5, 0) + struct.pack(">h", -1) + struct.pack(">ii", 1, 0)
+    assert codec.decode_response(ApiKey.METADATA, 2, body).cluster_id is None
 
 
 def test_values_kafka_python_decodes_as_none_are_not_nulls() -> None:
