@@ -13,7 +13,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install install-test demo broker test lint unit integration soak clean-venv
+.PHONY: install install-test demo broker test lint unit integration soak clean-venv fuzz
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -54,6 +54,12 @@ lint: $(STAMP)
 
 unit: $(STAMP)
 	$(PY) -m pytest tests -q -p no:cacheprovider
+
+# Every fuzz target of tests/fuzz under atheris, FUZZ_SECONDS each (the unit job already
+# runs them for 60 s through tests/fuzz/test_fuzz.py): make fuzz FUZZ_SECONDS=3600
+FUZZ_SECONDS ?= 600
+fuzz: $(STAMP)
+	$(PY) -m tests.fuzz --all --seconds $(FUZZ_SECONDS)
 
 # Integration tests against Apache Kafka (JVM from Maven Central jars) and Tansu;
 # IDEMPROXY_TEST_BROKER=testcontainers uses Docker where an engine answers.

@@ -85,13 +85,44 @@ def _response_class(api_key: int, version: int) -> Any:
     return cls
 
 
+#: Simple field types whose length prefix of -1 kafka-python decodes as None.
+_LENGTH_PREFIXED = frozenset({"string", "bytes", "records"})
+
+
+def _reject_nulls(struct: Any, item: Any, version: int, where: str) -> None:
+    """Raise DecodeError for a null in a field its schema does not allow to be null.
+
+    kafka-python decodes a length of -1 as None for every array, string and bytes field,
+    nullable or not; Kafka's own parsers reject it ("non-nullable field ... was serialized
+    as null"), and the proxy's code iterates those arrays. Only those types are checked:
+    kafka-python also maps the all-zero UUID and the "not requested" authorized-operations
+    bit field (-2^31) to None, which are valid values. Tagged fields are left alone.
+    """
+    for name, field in struct.fields.items():
+        if not field.for_version_q(version) or field.tagged_field_q(version):
+            continue
+        value = getattr(item, name, None)
+        if value is None:
+            if (
+                field.is_array() or field.is_struct() or field.type_str in _LENGTH_PREFIXED
+            ) and not field.nullable_for_version_q(version):
+                raise DecodeError(f"{where}: non-nullable field {name} is null")
+        elif field.is_struct_array():
+            for element in value:
+                _reject_nulls(field, element, version, where)
+        elif field.is_struct():
+            _reject_nulls(field, value, version, where)
+
+
 def decode_response(api_key: int, version: int, body: bytes) -> Any:
     """Decode a response body (header included) into kafka-python's message object."""
     cls = _response_class(api_key, version)
     try:
-        return cls.decode(body, version=version, header=True)
+        message = cls.decode(body, version=version, header=True)
     except Exception as exc:
         raise DecodeError(f"{cls.__name__} v{version} does not decode: {exc!r}") from exc
+    _reject_nulls(cls._struct, message, version, f"{cls.__name__} v{version}")
+    return message
 
 
 def encode(message: Any) -> bytes:
