@@ -169,34 +169,39 @@ def opaque_produce_acks(body: bytes) -> int:
     return int(acks)
 
 
-def _check_version(version: int) -> None:
-    if not MIN_VERSION <= version <= MAX_VERSION:
-        raise DecodeError(f"Produce v{version} is outside v{MIN_VERSION}-v{MAX_VERSION}")
+class _View:
+    """A Produce frame body walked once at construction; bad bytes raise DecodeError only."""
 
-
-class ProduceRequestView:
-    """A parsed Produce request over its original bytes (body = frame without the size)."""
-
-    __slots__ = (
-        "acks",
-        "body",
-        "correlation_id",
-        "timeout_ms",
-        "topics",
-        "tail_start",
-        "topics_start",
-        "transactional_id",
-        "version",
-    )
+    __slots__ = ("body", "version")
+    _KIND = ""
 
     def __init__(self, body: bytes, version: int) -> None:
-        _check_version(version)
+        if not MIN_VERSION <= version <= MAX_VERSION:
+            raise DecodeError(f"Produce v{version} is outside v{MIN_VERSION}-v{MAX_VERSION}")
         self.body = body
         self.version = version
         try:
             self._parse(body, version)
         except (struct.error, IndexError) as exc:
-            raise DecodeError(f"Produce v{version} request is truncated: {exc}") from None
+            raise DecodeError(f"Produce v{version} {self._KIND} is truncated: {exc}") from None
+
+    def _parse(self, body: bytes, version: int) -> None:
+        raise NotImplementedError
+
+
+class ProduceRequestView(_View):
+    """A parsed Produce request over its original bytes (body = frame without the size)."""
+
+    __slots__ = (
+        "acks",
+        "correlation_id",
+        "tail_start",
+        "timeout_ms",
+        "topics",
+        "topics_start",
+        "transactional_id",
+    )
+    _KIND = "request"
 
     def _parse(self, body: bytes, version: int) -> None:
         flexible = version >= FIRST_FLEXIBLE
@@ -305,27 +310,11 @@ def _encode_count(n: int, flexible: bool) -> bytes:
     return _encode_uvarint(n + 1) if flexible else _I32.pack(n)
 
 
-class ProduceResponseView:
+class ProduceResponseView(_View):
     """A parsed Produce response over its original bytes."""
 
-    __slots__ = (
-        "body",
-        "correlation_id",
-        "node_endpoints",
-        "tail_start",
-        "throttle_time_ms",
-        "topics",
-        "version",
-    )
-
-    def __init__(self, body: bytes, version: int) -> None:
-        _check_version(version)
-        self.body = body
-        self.version = version
-        try:
-            self._parse(body, version)
-        except (struct.error, IndexError) as exc:
-            raise DecodeError(f"Produce v{version} response is truncated: {exc}") from None
+    __slots__ = ("correlation_id", "node_endpoints", "tail_start", "throttle_time_ms", "topics")
+    _KIND = "response"
 
     def _parse(self, body: bytes, version: int) -> None:
         flexible = version >= FIRST_FLEXIBLE
