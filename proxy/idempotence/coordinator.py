@@ -175,6 +175,7 @@ class ProduceCoordinator:
         """What to do with one idempotent batch. `valid` runs the broker's own batch checks
         (CRC-32C, base offset 0), asked only before the proxy answers in the broker's place."""
         decision = self.engine.admit(tp, batch, now_ms)
+        deadline = now_ms
         if isinstance(decision, AwaitInflight):
             since = self.engine.admitted_ms(decision.ticket)
             deadline = (now_ms if since is None else since) + self.inflight_wait_ms
@@ -207,8 +208,6 @@ class ProduceCoordinator:
             fenced = decision.error_code == E.INVALID_PRODUCER_EPOCH
             self.count("fenced" if fenced else "out_of_order", records)
             return Answer(decision.error_code)
-        since = self.engine.admitted_ms(decision.ticket)
-        deadline = (now_ms if since is None else since) + self.inflight_wait_ms
         waiter = Waiter(owner, decision.ticket, tp, batch, records, deadline)
         self._waiters.setdefault(decision.ticket, []).append(waiter)
         return Wait(waiter)
