@@ -10,7 +10,7 @@ import asyncio
 import dataclasses
 import socket
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -216,40 +216,40 @@ async def test_bad_bytes_from_the_broker_end_the_link_and_settle(broker_bytes: b
 # -- start-up and readiness (issue 8, defect 5) -----------------------------------------
 
 
-async def test_a_broker_listener_that_cannot_open_fails_readiness_with_the_reason() -> None:
+@pytest.fixture
+def busy_port() -> Iterator[int]:
+    """A loopback port another socket is listening on."""
     blocker = socket.socket()
     blocker.bind(("127.0.0.1", 0))
     blocker.listen()
-    port = blocker.getsockname()[1]
     try:
-        rig = Rig()
-        rig.proxy.directory.port_base = port - 2
-        rig.proxy.config = dataclasses.replace(
-            rig.proxy.config, listen=Address("127.0.0.1", 0), broker_port_base=port - 2
-        )
+        yield blocker.getsockname()[1]
+    finally:
+        blocker.close()
+
+
+async def test_a_broker_listener_that_cannot_open_fails_readiness_with_the_reason(
+    busy_port: int,
+) -> None:
+    rig = Rig()
+    rig.proxy.directory.port_base = busy_port - 2
+    rig.proxy.config = dataclasses.replace(
+        rig.proxy.config, listen=Address("127.0.0.1", 0), broker_port_base=busy_port - 2
+    )
+    await rig.proxy.start()
+    rig.proxy.open_broker_listener(2, Address("kafka-2", 9092))
+    reason = await rig.proxy.readiness()
+    assert reason is not None
+    assert f"cannot open the listener for broker 2 on 127.0.0.1:{busy_port}" in reason
+    await rig.proxy.close()
+
+
+async def test_listen_port_in_use_is_a_start_error_naming_the_option(busy_port: int) -> None:
+    rig = Rig()
+    rig.proxy.config = dataclasses.replace(rig.proxy.config, listen=Address("127.0.0.1", busy_port))
+    with pytest.raises(StartError) as info:
         await rig.proxy.start()
-        rig.proxy.open_broker_listener(2, Address("kafka-2", 9092))
-        reason = await rig.proxy.readiness()
-        assert reason is not None
-        assert f"cannot open the listener for broker 2 on 127.0.0.1:{port}" in reason
-        await rig.proxy.close()
-    finally:
-        blocker.close()
-
-
-async def test_listen_port_in_use_is_a_start_error_naming_the_option() -> None:
-    blocker = socket.socket()
-    blocker.bind(("127.0.0.1", 0))
-    blocker.listen()
-    port = blocker.getsockname()[1]
-    try:
-        rig = Rig()
-        rig.proxy.config = dataclasses.replace(rig.proxy.config, listen=Address("127.0.0.1", port))
-        with pytest.raises(StartError) as info:
-            await rig.proxy.start()
-        assert str(info.value).startswith(f"--listen: cannot listen on 127.0.0.1:{port}: ")
-    finally:
-        blocker.close()
+    assert str(info.value).startswith(f"--listen: cannot listen on 127.0.0.1:{busy_port}: ")
 
 
 def test_every_refusal_reason_is_exported_at_zero_before_any_refusal() -> None:
