@@ -24,7 +24,7 @@ Produce v3-v13 (ProduceRequest.json / ProduceResponse.json), flexible (KIP-482) 
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from typing import NamedTuple
 
 from proxy.errors import DecodeError, FrameError
@@ -271,16 +271,25 @@ class ProduceRequestView(_View):
         return memoryview(self.body)[part.records_start : part.records_end]
 
     def rebuild(
-        self, keep: Iterable[ProducePartition], *, correlation_id: int | None = None
+        self,
+        keep: Iterable[ProducePartition],
+        *,
+        correlation_id: int | None = None,
+        records: Mapping[ProducePartition, bytes] | None = None,
     ) -> bytes:
         """This request with only the partitions in `keep` (in request order), from byte ranges.
 
         `correlation_id` replaces the client's, for requests the proxy sends on its own behalf.
+        A kept partition in `records` carries those record bytes instead of its own (stamped or
+        rebuilt batches): its entry is re-encoded (index, records length, records) with its own
+        tagged fields copied; every other entry is its original bytes.
         """
         body = self.body
         flexible = self.version >= FIRST_FLEXIBLE
         kept = set(keep)
-        chunks: list[bytes] = []
+        swap = records or {}
+        view = memoryview(body)  # entries joined from slices of the body: one copy
+        chunks: list[bytes | memoryview] = []
         n_topics = 0
         for topic in self.topics:
             parts = [p for p in topic.partitions if p in kept]
@@ -289,12 +298,55 @@ class ProduceRequestView(_View):
             n_topics += 1
             chunks.append(body[topic.key_start : topic.key_end])
             chunks.append(_encode_count(len(parts), flexible))
-            chunks.extend(body[p.start : p.end] for p in parts)
+            for p in parts:
+                new = swap.get(p)
+                if new is None:
+                    chunks.append(view[p.start : p.end])
+                else:
+                    chunks.extend(_partition_entry(body, p, new, flexible))
             chunks.append(body[topic.tags_start : topic.tags_end])
         head = body[: self.topics_start]
         if correlation_id is not None:
             head = head[:4] + _I32.pack(correlation_id) + head[8:]
         return b"".join([head, _encode_count(n_topics, flexible), *chunks, body[self.tail_start :]])
+
+    def with_records(self, records: Mapping[ProducePartition, bytes]) -> bytes:
+        """This whole request with the record bytes of the partitions in `records` replaced.
+
+        Partitions not in this request are ignored, as by `rebuild`. When every replacement is
+        as long as the records it replaces (a stamped batch), no length field changes: the body
+        is joined once from memoryview slices around the new records. Measured (timeit, v8/v9):
+        1 x 16 KB partition 0.95 us against 2.4-3.1 us for the general rebuild, 16 x 16 KB
+        12 us against 18-23 us; patching a bytearray copy of the body in place was slower
+        (2.2 us, 29 us: the body is copied twice).
+        """
+        view = memoryview(self.body)
+        chunks: list[bytes | memoryview] = []
+        pos = 0
+        for topic in self.topics:  # request order: ascending records_start
+            for p in topic.partitions:
+                new = records.get(p)
+                if new is None:
+                    continue
+                if p.records_start < 0 or len(new) != p.records_end - p.records_start:
+                    return self.rebuild(self.partitions(), records=records)
+                chunks.append(view[pos : p.records_start])
+                chunks.append(new)
+                pos = p.records_end
+        chunks.append(view[pos:])
+        return b"".join(chunks)
+
+
+def _partition_entry(
+    body: bytes, part: ProducePartition, records: bytes, flexible: bool
+) -> tuple[bytes, ...]:
+    """A request partition entry carrying `records`, with the original's tagged fields."""
+    if part.records_start >= 0:
+        tags_start = part.records_end
+    else:  # null records: index int32, then -1 as int32 or compact 0
+        tags_start = part.start + 4 + (1 if flexible else 4)
+    size = _encode_uvarint(len(records) + 1) if flexible else _I32.pack(len(records))
+    return (body[part.start : part.start + 4], size, records, body[tags_start : part.end])
 
 
 def _encode_uvarint(value: int) -> bytes:
