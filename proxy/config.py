@@ -47,7 +47,7 @@ ENV_PREFIX = "IDEMPROXY_"
 SOURCE_CLI = "command line"
 SOURCE_DEFAULT = "default"
 
-NonIdempotentPolicy = Literal["pass", "reject"]
+NonIdempotentPolicy = Literal["stamp", "pass", "reject"]
 LogLevel = Literal["debug", "info", "warning", "error"]
 LogFormat = Literal["text", "json"]
 
@@ -81,8 +81,12 @@ class ProxyConfig:
     inflight_wait: float = 1.0
     """Seconds a retry may wait for its identical original still in flight before it is
     forwarded to the broker (which deduplicates it)."""
-    non_idempotent: NonIdempotentPolicy = "pass"
+    non_idempotent: NonIdempotentPolicy = "stamp"
     """What to do with produce requests from non-idempotent producers."""
+    retry_window: float = 120.0
+    """Seconds a non-idempotent client's record stays a retry candidate (stamp mode)."""
+    stamp_memory: int = 64 << 20
+    """Bytes of stamping state kept (batches for resends, records in doubt)."""
     max_producer_states: int = 100_000
     """Most producer-partitions (producer id, topic, partition) tracked at once."""
     producer_state_expiry: int = 86_400_000
@@ -369,10 +373,26 @@ OPTIONS: dict[str, Option] = {
         ),
         Option(
             "non_idempotent",
-            _choice("pass", "reject"),
-            "pass|reject",
-            "Produce requests from non-idempotent producers: forward them or reject "
-            f"them [default: {_default('non_idempotent')}].",
+            _choice("stamp", "pass", "reject"),
+            "stamp|pass|reject",
+            "Produce requests from non-idempotent producers: stamp them with the proxy's own "
+            "producer ids so a retried record is written once, forward them as they are, or "
+            f"reject them [default: {_default('non_idempotent')}].",
+        ),
+        Option(
+            "retry_window",
+            _seconds(allow_zero=False),
+            "SECONDS",
+            "Stamp mode: how long a record whose acknowledgement the client may have missed is "
+            "recognised when sent again (like the producer's delivery.timeout.ms) "
+            f"[default: {_default('retry_window')}].",
+        ),
+        Option(
+            "stamp_memory",
+            _integer(1 << 20, 2**63 - 1),
+            "BYTES",
+            "Stamp mode: most bytes kept for resends and records in doubt; the least recently "
+            f"used partition's state is forgotten first [default: {_default('stamp_memory')}].",
         ),
         Option(
             "max_producer_states",

@@ -56,7 +56,9 @@ def test_defaults_when_only_upstream_is_given() -> None:
         max_frame_bytes=104_857_600,
         connect_timeout=10.0,
         drain_timeout=30.0,
-        non_idempotent="pass",
+        non_idempotent="stamp",
+        retry_window=120.0,
+        stamp_memory=64 << 20,
         max_producer_states=100_000,
         producer_state_expiry=86_400_000,
         log_level="info",
@@ -127,6 +129,7 @@ PRECEDENCE_CASES = [
     ("log_level", '"debug"', "warning", "error", "debug", "warning", "error"),
     ("non_idempotent", '"reject"', "pass", "reject", "reject", "pass", "reject"),
     ("producer_state_expiry", "1", "2", "3", 1, 2, 3),
+    ("retry_window", "30", "60", "90.5", 30.0, 60.0, 90.5),
 ]
 
 
@@ -290,7 +293,9 @@ BAD_VALUES = [
     ("drain_timeout", "-1", ">= 0"),
     ("drain_timeout", "inf", "finite"),
     ("shutdown_timeout", "nan", "finite"),
-    ("non_idempotent", "drop", "expected one of pass, reject"),
+    ("non_idempotent", "drop", "expected one of stamp, pass, reject"),
+    ("retry_window", "0", "> 0"),
+    ("stamp_memory", "1000", "between 1048576 and"),
     ("max_producer_states", "0", "between 1 and"),
     ("producer_state_expiry", "1.5", "expected an integer"),
     ("log_level", "verbose", "expected one of debug, info, warning, error"),

@@ -36,7 +36,7 @@ from proxy.wire import error_codes as E
 Result = Literal[
     "forwarded", "duplicate", "inflight_duplicate", "out_of_order", "fenced", "rejected"
 ]
-Policy = Literal["pass", "reject"]
+Policy = Literal["stamp", "pass", "reject"]
 
 NON_IDEMPOTENT_MESSAGE = (
     "idemproxy refuses produce requests without a producer id: "
@@ -123,7 +123,7 @@ class ProduceCoordinator:
         self,
         engine: IdempotenceEngine,
         *,
-        policy: Policy = "pass",
+        policy: Policy = "stamp",
         observer: ProduceObserver | None = None,
         clock_ms: Callable[[], int],
         inflight_wait_ms: int = 1000,
@@ -146,11 +146,15 @@ class ProduceCoordinator:
         if self._observer is not None:
             self._observer.produce_batch(result, records)
 
-    def not_idempotent(self, records: int) -> Decision:
-        """A batch without a producer id: the pass/reject policy."""
+    def not_idempotent(self, records: int, *, stamping: bool = False) -> Decision:
+        """A batch without a producer id: stamped (the caller does it), passed or rejected.
+
+        Under the stamp policy a batch the proxy cannot stamp passes as it is.
+        """
+        action: Policy = "stamp" if stamping else "reject" if self.policy == "reject" else "pass"
         if self._observer is not None:
-            self._observer.non_idempotent(self.policy)
-        if self.policy == "reject":
+            self._observer.non_idempotent(action)
+        if action == "reject":
             self.count("rejected", records)
             return Answer(E.POLICY_VIOLATION, error_message=NON_IDEMPOTENT_MESSAGE)
         self.count("forwarded", records)

@@ -90,6 +90,9 @@ class ApiVersionsHandler(OpaqueHandler):
             return
         header = exchange.header
         response = codec.decode_response(header.api_key, header.api_version, body)
+        session.broker_versions = {
+            k.api_key: (k.min_version, k.max_version) for k in response.api_keys
+        }
         narrow_api_versions(response)
         exchange.response = frame(codec.encode(response))
 

@@ -10,8 +10,11 @@ or the broker's partition entries merged with the proxy's answers in request ord
 
 from __future__ import annotations
 
+import logging
+from collections import deque
 from collections.abc import Iterable
 
+from proxy.errors import DecodeError
 from proxy.idempotence.coordinator import (
     Answer,
     Decision,
@@ -22,6 +25,7 @@ from proxy.idempotence.coordinator import (
     outcome_of,
 )
 from proxy.idempotence.decisions import Unknown
+from proxy.idempotence.stamping import SEQUENCE_ERRORS, Copy, PartPlan, Sent, Stamper
 from proxy.routing.handlers import BaseHandler, check_cap
 from proxy.routing.rewrite import rewrite_addresses
 from proxy.routing.session import Exchange, Output, Session
@@ -30,6 +34,7 @@ from proxy.wire import error_codes as E
 from proxy.wire.apis import ApiKey
 from proxy.wire.batch import passes_broker_checks, single_batch_header
 from proxy.wire.frames import frame
+from proxy.wire.headers import peek_client_id
 from proxy.wire.produce import (
     MIN_VERSION,
     PartitionResult,
@@ -41,18 +46,46 @@ from proxy.wire.produce import (
     encode_response,
     opaque_produce_acks,
 )
+from proxy.wire.producer_ids import (
+    init_producer_id_answer,
+    init_producer_id_request,
+    pick_version,
+)
+
+log = logging.getLogger("idemproxy.produce")
 
 _UNTRACKED = Send(None)
 _OPAQUE = object()  # tag of a request forwarded without a plan
 
 
+class _AskPid:
+    """Tag of the proxy's own InitProducerId request."""
+
+    __slots__ = ("client", "version")
+
+    def __init__(self, client: str, version: int) -> None:
+        self.client = client
+        self.version = version
+
+
+class _Resends:
+    """Tag of one of the proxy's own requests resending kept stamped batches."""
+
+    __slots__ = ("round",)
+
+    def __init__(self, round_: list[tuple[_Part, Sent]]) -> None:
+        self.round = round_
+
+
 class _Part:
     """One partition of a client's Produce request and what became of it."""
 
-    __slots__ = ("entry", "late", "local", "p", "sent", "ticket", "waiter")
+    __slots__ = ("entry", "late", "local", "p", "records", "sent", "stamp", "ticket", "waiter")
 
     def __init__(self, p: ProducePartition) -> None:
         self.p = p
+        self.stamp: PartPlan | None = None  # a non-idempotent client's batch, stamped
+        self.records: bytes | None = None  # what goes upstream instead of the client's records
         self.sent = False  # forwarded (in the client's request or, after a wait, one of ours)
         self.late = False  # forwarded after a wait, in a request of the proxy's own
         self.ticket: int | None = None
@@ -62,6 +95,8 @@ class _Part:
 
     @property
     def done(self) -> bool:
+        if self.stamp is not None:
+            return self.stamp.settled
         if self.sent:
             return self.entry is not None
         return self.local is not None or (
@@ -79,7 +114,7 @@ class _Plan:
         self.responses: list[ProduceResponseView] = []
         # The broker's response can go to the client unchanged (every partition forwarded in
         # the client's own request).
-        self.passthrough = all(p.sent for p in parts)
+        self.passthrough = all(p.sent and (p.stamp is None or p.stamp.simple) for p in parts)
 
 
 class ProduceHandler(BaseHandler):
@@ -90,10 +125,17 @@ class ProduceHandler(BaseHandler):
         self._session = session
         self._shared = shared
         self._coord = shared.produce
+        self._stamper: Stamper | None = shared.stamper
         self._ledger = Ledger(shared.produce)
         self._cap = cap
         self._held: dict[Waiter, Exchange] = {}
         self._own_correlation = 0
+        # Stamping (non-idempotent clients): requests held until the client id has a
+        # producer id, stamped batches in flight here, and recent successes (ack grace).
+        self._pid_wait: deque[tuple[Exchange, ProduceRequestView, str]] = deque()
+        self._stamped: dict[Sent, None] = {}
+        self._unanswered: dict[PartPlan, None] = {}  # stamped plans the client awaits
+        self._recent: deque[tuple[int, list[Sent | Copy]]] = deque()
 
     @property
     def owed(self) -> int:
@@ -114,10 +156,84 @@ class ProduceHandler(BaseHandler):
                 exchange.response = b""
             return
         view = ProduceRequestView(body, exchange.header.api_version)
+        client = peek_client_id(body) if self._stamper is not None else ""
+        if self._pid_wait or self._needs_pid(view, client):
+            # Held, in order, until the client id has a producer id to stamp with.
+            if not self._pid_wait:
+                self._ask_pid(exchange, client, out)
+            self._pid_wait.append((exchange, view, client))
+            return
+        self._process(exchange, view, client, out)
+
+    def _needs_pid(self, view: ProduceRequestView, client: str) -> bool:
+        stamper = self._stamper
+        if stamper is None or view.acks == 0 or stamper.producer_id(client) is not None:
+            return False
+        if not stamper.stamps(client, self._coord.clock_ms()):
+            return False
+        for p in view.partitions():
+            header = single_batch_header(view.records(p))
+            if header is not None and not header.has_producer_id and not header.is_control:
+                return True
+        return False
+
+    def _ask_pid(self, exchange: Exchange, client: str, out: Output) -> None:
+        version = pick_version(self._session.broker_versions.get(ApiKey.INIT_PRODUCER_ID))
+        if version is None:
+            assert self._stamper is not None
+            self._stamper.refused(client, self._coord.clock_ms())
+            return
+        self._own_correlation -= 1
+        body = init_producer_id_request(version, self._own_correlation, client)
+        self._session.forward(
+            exchange,
+            body,
+            out,
+            correlation_id=self._own_correlation,
+            tag=_AskPid(client, version),
+        )
+
+    def _pid_answer(self, tag: _AskPid, body: bytes, out: Output) -> None:
+        stamper = self._stamper
+        assert stamper is not None
         now = self._coord.clock_ms()
-        parts = [self._decide(view, _Part(p), now) for p in view.partitions()]
+        try:
+            answer = init_producer_id_answer(tag.version, body)
+        except DecodeError as exc:
+            log.warning("undecodable InitProducerId answer", extra={"reason": str(exc)})
+            stamper.refused(tag.client, now)
+        else:
+            if answer.error_code == E.NONE:
+                stamper.granted(tag.client, answer.producer_id)
+            else:
+                log.warning(
+                    "the broker refused a producer id: the client's batches pass unstamped",
+                    extra={"client_id": tag.client, "error_code": answer.error_code},
+                )
+                stamper.refused(tag.client, now)
+        waiting = self._pid_wait
+        self._pid_wait = deque()
+        for exchange, view, client in waiting:
+            if self._pid_wait or self._needs_pid(view, client):
+                if not self._pid_wait:
+                    self._ask_pid(exchange, client, out)
+                self._pid_wait.append((exchange, view, client))
+            else:
+                self._process(exchange, view, client, out)
+
+    def _process(
+        self, exchange: Exchange, view: ProduceRequestView, client: str, out: Output
+    ) -> None:
+        session = self._session
+        body = view.body
+        now = self._coord.clock_ms()
+        parts = [self._decide(view, _Part(p), client, now) for p in view.partitions()]
         sent = [part.p for part in parts if part.sent]
-        upstream = body if len(sent) == len(parts) else view.rebuild(sent)
+        replaced = {part.p: part.records for part in parts if part.records is not None}
+        if len(sent) == len(parts) and not replaced:
+            upstream = body
+        else:
+            upstream = view.rebuild(sent, records=replaced)
         if view.acks == 0:
             # The broker sends nothing back, and neither does the proxy.
             if sent:
@@ -129,19 +245,43 @@ class ProduceHandler(BaseHandler):
         for part in parts:
             if part.waiter is not None:
                 self._held[part.waiter] = exchange
+        self._send_resends(exchange, plan, out)
         if sent:
             plan.outstanding += 1
             session.forward(exchange, upstream, out, tag=None)
         self._finish(exchange, plan)
 
-    def _decide(self, view: ProduceRequestView, part: _Part, now: int) -> _Part:
+    def _send_resends(self, exchange: Exchange, plan: _Plan, out: Output) -> None:
+        """Kept stamped batches go first, one request per round (one batch per partition),
+        on this connection, so the broker has them before the client's new records."""
+        rounds: list[list[tuple[_Part, Sent]]] = []
+        for part in plan.parts:
+            if part.stamp is None:
+                continue
+            for i, sent in enumerate(part.stamp.resend):
+                if i == len(rounds):
+                    rounds.append([])
+                rounds[i].append((part, sent))
+        for round_ in rounds:
+            self._own_correlation -= 1
+            body = plan.view.rebuild(
+                [part.p for part, _ in round_],
+                correlation_id=self._own_correlation,
+                records={part.p: sent.batch for part, sent in round_},
+            )
+            plan.outstanding += 1
+            self._session.forward(
+                exchange, body, out, correlation_id=self._own_correlation, tag=_Resends(round_)
+            )
+
+    def _decide(self, view: ProduceRequestView, part: _Part, client: str, now: int) -> _Part:
         records = view.records(part.p)
         header = single_batch_header(records)
-        decision: Decision
+        decision: Decision | None
         if header is None or header.is_control:
             decision = _UNTRACKED  # empty, old-format or multi-batch: the broker's to judge
         elif not header.has_producer_id:
-            decision = self._coord.not_idempotent(header.record_count)
+            decision = self._not_idempotent(view, part, client, records, header.record_count, now)
         else:
             name = self._name(part.p.topic)
             if name is None:
@@ -163,9 +303,46 @@ class ProduceHandler(BaseHandler):
                 self._ledger.owe(decision.ticket)
         elif isinstance(decision, Wait):
             part.waiter = decision.waiter
-        else:
+        elif decision is not None:
             part.local = decision
         return part
+
+    def _not_idempotent(
+        self,
+        view: ProduceRequestView,
+        part: _Part,
+        client: str,
+        records: memoryview,
+        count: int,
+        now: int,
+    ) -> Decision | None:
+        """A batch without a producer id: stamped when the proxy can, else pass or reject.
+
+        Not stamped: acks=0 (no answer would tell the proxy the outcome, and the broker closes
+        the connection on a sequence error), a client id without a producer id (refused), a
+        v13 topic id no Metadata named, and a batch the broker will refuse anyway (CRC or base
+        offset wrong: stamping would recompute its CRC and hide the corruption).
+        """
+        stamper = self._stamper
+        name = self._name(part.p.topic)
+        if (
+            stamper is None
+            or view.acks == 0
+            or name is None
+            or stamper.producer_id(client) is None
+            or not passes_broker_checks(records)
+        ):
+            return self._coord.not_idempotent(count, stamping=False)
+        self._coord.not_idempotent(count, stamping=True)
+        plan = stamper.plan(client, (name, part.p.partition), records, count, now)
+        part.stamp = plan
+        self._unanswered[plan] = None
+        for sent in plan.pieces:
+            self._stamped[sent] = None
+        if plan.send is not None:
+            part.sent = True
+            part.records = plan.send.batch
+        return None
 
     def _name(self, key: str | bytes) -> str | None:
         """The topic's name: Produce v13 sends its id, known once Metadata named it."""
@@ -178,6 +355,9 @@ class ProduceHandler(BaseHandler):
     ) -> None:
         if tag is _OPAQUE:
             exchange.response = frame(body)
+            return
+        if isinstance(tag, _AskPid):
+            self._pid_answer(tag, body, out)
             return
         plan: _Plan = exchange.state
         version = exchange.header.api_version
@@ -200,6 +380,12 @@ class ProduceHandler(BaseHandler):
                     )
         acks_all = plan.view.acks == -1
         now = self._coord.clock_ms()
+        if isinstance(tag, _Resends):
+            for part, sent in tag.round:
+                r = results.get((part.p.topic, part.p.partition))
+                self._settle_stamped(sent, r, now)
+            self._finish(exchange, plan)
+            return
         # The client's own request carried the parts sent at once; a late part has its own
         # request and is settled only by that request's answer.
         answered: Iterable[_Part] = (
@@ -207,6 +393,14 @@ class ProduceHandler(BaseHandler):
         )
         for part in answered:
             r = results.get((part.p.topic, part.p.partition))
+            if part.stamp is not None:
+                assert part.stamp.send is not None
+                self._settle_stamped(part.stamp.send, r, now)
+                if r is not None and part.stamp.simple and r.error_code not in SEQUENCE_ERRORS:
+                    part.entry = view.entry(r)  # the broker's answer is the client's
+                else:
+                    plan.passthrough = False
+                continue
             part.entry = (
                 view.entry(r)
                 if r is not None
@@ -227,6 +421,14 @@ class ProduceHandler(BaseHandler):
                 self._wake(self._ledger.settle(part.ticket, outcome, now), out)
                 part.ticket = None
         self._finish(exchange, plan)
+
+    def _settle_stamped(self, sent: Sent, r: PartitionResult | None, now: int) -> None:
+        assert self._stamper is not None
+        self._stamped.pop(sent, None)
+        if r is None:
+            self._stamper.lost(sent, now)
+        else:
+            self._stamper.settle(sent, r.error_code, r.base_offset, now)
 
     # -- waits, wake-ups, timers ----------------------------------------------
 
@@ -283,10 +485,27 @@ class ProduceHandler(BaseHandler):
         session.forward(exchange, body, out, correlation_id=self._own_correlation, tag=parts)
 
     def close(self, out: Output) -> None:
+        now = self._coord.clock_ms()
         for waiter in self._held:
             self._coord.unwait(waiter)
         self._held.clear()
-        self._wake(self._ledger.abandon_all(self._coord.clock_ms()), out)
+        self._wake(self._ledger.abandon_all(now), out)
+        self._pid_wait.clear()
+        stamper = self._stamper
+        if stamper is not None:
+            for sent in self._stamped:
+                stamper.lost(sent, now)
+            self._stamped.clear()
+            # Retries recognised but never answered: still in doubt.
+            for plan in self._unanswered:
+                stamper.in_doubt(plan.matched, now)
+            self._unanswered.clear()
+            # Successes written shortly before the connection ended may not have been read.
+            grace = now - stamper.ack_grace_ms
+            for at, items in self._recent:
+                if at >= grace:
+                    stamper.in_doubt(items, now)
+            self._recent.clear()
 
     # -- the client's response ------------------------------------------------
 
@@ -297,8 +516,29 @@ class ProduceHandler(BaseHandler):
             return
         if plan.passthrough and len(plan.responses) == 1:
             exchange.response = frame(plan.responses[0].body)
-            return
-        exchange.response = frame(self._merge(exchange, plan))
+        else:
+            exchange.response = frame(self._merge(exchange, plan))
+        if self._stamper is not None:
+            self._answered(plan)
+
+    def _answered(self, plan: _Plan) -> None:
+        """The client has its answer: records it was told failed for come into doubt, and
+        successes are remembered for the ack grace (a close right after puts them in doubt)."""
+        stamper = self._stamper
+        assert stamper is not None
+        now = self._coord.clock_ms()
+        ok: list[Sent | Copy] = []
+        for part in plan.parts:
+            if part.stamp is not None:
+                ok.extend(
+                    stamper.answered(part.stamp, stamper.answer(part.stamp).error_code == 0, now)
+                )
+        if ok:
+            recent = self._recent
+            recent.append((now, ok))
+            horizon = now - stamper.ack_grace_ms
+            while recent[0][0] < horizon:
+                recent.popleft()
 
     def _merge(self, exchange: Exchange, plan: _Plan) -> bytes:
         view = plan.view
@@ -324,10 +564,19 @@ class ProduceHandler(BaseHandler):
         tail = plan.responses[0].tail() if plan.responses else b""
         return encode_response(version, exchange.header.correlation_id, topics, throttle, tail)
 
-    @staticmethod
-    def _entry(version: int, part: _Part) -> bytes:
+    def _entry(self, version: int, part: _Part) -> bytes:
         if part.entry is not None:
             return part.entry
+        if part.stamp is not None:
+            assert self._stamper is not None
+            told = self._stamper.answer(part.stamp)
+            return encode_partition_answer(
+                version,
+                part.p.partition,
+                told.error_code,
+                told.base_offset,
+                error_message=told.error_message,
+            )
         answer = part.local
         if answer is None and part.waiter is not None:
             answer = part.waiter.answer

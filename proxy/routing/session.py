@@ -22,6 +22,7 @@ from typing import Any, Protocol
 from proxy.errors import FrameError
 from proxy.idempotence.coordinator import ProduceCoordinator
 from proxy.idempotence.engine import IdempotenceEngine
+from proxy.idempotence.stamping import Stamper
 from proxy.idempotence.topics import TopicNames
 from proxy.routing.directory import BrokerDirectory, BrokerDiscovered
 from proxy.wire.frames import DEFAULT_MAX_FRAME_BYTES, FrameDecoder, frame
@@ -106,17 +107,21 @@ class Handler(Protocol):
 
 class Shared:
     """What every connection of one proxy shares: the broker directory, the produce
-    coordinator (engine) and the topic-id map."""
+    coordinator (engine), the topic-id map, and the stamper (None: nothing is stamped)."""
 
     def __init__(
         self,
         directory: BrokerDirectory,
         produce: ProduceCoordinator | None = None,
         topics: TopicNames | None = None,
+        stamper: Stamper | None = None,
     ) -> None:
         self.directory = directory
-        self.produce = produce or ProduceCoordinator(IdempotenceEngine(), clock_ms=_no_clock)
+        self.produce = produce or ProduceCoordinator(
+            IdempotenceEngine(), clock_ms=_no_clock, policy="pass"
+        )
         self.topics = topics or TopicNames()
+        self.stamper = stamper
 
 
 def _no_clock() -> int:
@@ -150,6 +155,8 @@ class Session:
         # Each handler once, for close and timers (one instance may serve several API keys).
         self._chain: list[Handler] = list({id(h): h for h in self._handlers.values()}.values())
         self._closed = False
+        #: The broker's ApiVersions ranges (api key -> min, max), once the client asked.
+        self.broker_versions: dict[int, tuple[int, int]] = {}
 
     @property
     def awaiting_upstream(self) -> int:

@@ -22,6 +22,7 @@ from proxy.address import Address
 from proxy.config import ProxyConfig, StartError
 from proxy.idempotence.coordinator import ProduceCoordinator
 from proxy.idempotence.engine import IdempotenceEngine
+from proxy.idempotence.stamping import Stamper
 from proxy.routing.directory import BrokerDirectory
 from proxy.routing.session import Shared
 from proxy.server.health import probe_producer_expiry, probe_upstream
@@ -86,7 +87,21 @@ class Proxy:
         self.directory = BrokerDirectory(
             advertised_host=config.advertised_host, port_base=config.broker_port_base
         )
-        self.shared = Shared(self.directory, produce)
+        self.stamper: Stamper | None = None
+        if config.non_idempotent == "stamp":
+            self.stamper = Stamper(
+                retry_window_ms=int(config.retry_window * 1000),
+                max_bytes=config.stamp_memory,
+                observer=self.metrics,
+            )
+            stamper = self.stamper
+            self.metrics.watch_stamping(
+                lambda: stamper.bytes,
+                lambda: stamper.copies,
+                lambda: stamper.lines,
+                lambda: stamper.evictions,
+            )
+        self.shared = Shared(self.directory, produce, stamper=self.stamper)
         self._servers: list[asyncio.Server] = []
         self._http: asyncio.Server | None = None
         self.bootstrap_address: Address | None = None

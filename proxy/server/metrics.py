@@ -18,6 +18,7 @@ from prometheus_client.registry import Collector
 from proxy import __version__
 from proxy.errors import REFUSAL_REASONS
 from proxy.idempotence.coordinator import Result
+from proxy.idempotence.stamping import StampResult
 
 _API_NAMES: dict[int, str] = {int(k): k.name for k in KafkaApiKey}
 
@@ -30,6 +31,7 @@ LATENCY_BUCKETS = (
 
 #: Values of the `result` label of the produce counters.
 PRODUCE_RESULTS: tuple[str, ...] = get_args(Result)
+STAMP_RESULTS: tuple[str, ...] = get_args(StampResult)
 
 
 def api_name(api_key: int) -> str:
@@ -96,8 +98,35 @@ class Metrics:
         )
         self.non_idempotent_batches = Counter(
             "idemproxy_non_idempotent_batches_total",
-            "Batches without a producer id, by the policy applied (pass or reject).",
+            "Batches without a producer id, by what was done: stamp, pass (as they are) or reject.",
             ["action"],
+            registry=r,
+        )
+        self.stamped_batches = Counter(
+            "idemproxy_stamped_batches_total",
+            "Batches the proxy stamped for non-idempotent clients, by the broker's verdict "
+            "(written, duplicate: written before; unknown: no answer or a maybe-appended "
+            "error, kept to resend; failed: a sequence error, resent; dropped: refused for good; "
+            "unresolved: given up without knowing whether it was written).",
+            ["result"],
+            registry=r,
+        )
+        self.stamped_records = Counter(
+            "idemproxy_stamped_records_total",
+            "Records in the batches of idemproxy_stamped_batches_total, by the same result.",
+            ["result"],
+            registry=r,
+        )
+        self.retried_records_dropped = Counter(
+            "idemproxy_retried_records_dropped_total",
+            "Records of non-idempotent clients recognised as retries of records already "
+            "written (or being resent) and not sent again.",
+            registry=r,
+        )
+        self.producer_ids = Counter(
+            "idemproxy_producer_ids_total",
+            "InitProducerId requests of the proxy's own, by result (obtained or refused).",
+            ["result"],
             registry=r,
         )
         self.upstream_duration = Histogram(
@@ -124,8 +153,14 @@ class Metrics:
             result: (self.produce_batches.labels(result), self.produce_records.labels(result))
             for result in PRODUCE_RESULTS
         }
-        for action in ("pass", "reject"):
+        for action in ("stamp", "pass", "reject"):
             self.non_idempotent_batches.labels(action)
+        self._stamped = {
+            result: (self.stamped_batches.labels(result), self.stamped_records.labels(result))
+            for result in STAMP_RESULTS
+        }
+        for pid_result in ("obtained", "refused"):
+            self.producer_ids.labels(pid_result)
         self.connection_errors.labels("upstream_unreachable")
         for reason in REFUSAL_REASONS:
             self.frames_refused.labels(reason)
@@ -162,6 +197,28 @@ class Metrics:
 
     def non_idempotent(self, action: str) -> None:
         self.non_idempotent_batches.labels(action).inc()
+
+    # StampObserver protocol of proxy.idempotence.stamping
+    def stamped(self, result: str, records: int) -> None:
+        batches, records_counter = self._stamped[result]
+        batches.inc()
+        records_counter.inc(records)
+
+    def retries_dropped(self, records: int) -> None:
+        self.retried_records_dropped.inc(records)
+
+    def producer_id(self, result: str) -> None:
+        self.producer_ids.labels(result).inc()
+
+    def watch_stamping(
+        self,
+        state_bytes: Callable[[], int],
+        copies: Callable[[], int],
+        lines: Callable[[], int],
+        evictions: Callable[[], int],
+    ) -> None:
+        """Export the stamper's kept state, read at scrape time."""
+        self.registry.register(_StampCollector(state_bytes, copies, lines, evictions))
 
     # Observer protocol of proxy.routing.session
     def request(self, api_key: int, size: int) -> None:
@@ -202,5 +259,41 @@ class _StateCollector(Collector):
         yield CounterMetricFamily(
             "idemproxy_producer_state_evictions",
             "Producer-partition states dropped to stay under the cap or after idle expiry.",
+            value=self._evictions(),
+        )
+
+
+class _StampCollector(Collector):
+    def __init__(
+        self,
+        state_bytes: Callable[[], int],
+        copies: Callable[[], int],
+        lines: Callable[[], int],
+        evictions: Callable[[], int],
+    ) -> None:
+        self._bytes = state_bytes
+        self._copies = copies
+        self._lines = lines
+        self._evictions = evictions
+
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+        yield GaugeMetricFamily(
+            "idemproxy_stamp_state_bytes",
+            "Bytes the stamper keeps (batches to resend, records in doubt), estimated.",
+            value=self._bytes(),
+        )
+        yield GaugeMetricFamily(
+            "idemproxy_stamp_records_in_doubt",
+            "Records of non-idempotent clients remembered as retry candidates.",
+            value=self._copies(),
+        )
+        yield GaugeMetricFamily(
+            "idemproxy_stamp_lines",
+            "Client id and partition pairs the proxy sequences for.",
+            value=self._lines(),
+        )
+        yield CounterMetricFamily(
+            "idemproxy_stamp_state_evictions",
+            "Partitions' stamping state forgotten to stay under --stamp-memory.",
             value=self._evictions(),
         )

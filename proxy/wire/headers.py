@@ -36,6 +36,18 @@ def peek_request_header(body: bytes) -> RequestHeader:
     return RequestHeader(api_key, api_version, correlation_id)
 
 
+def peek_client_id(body: bytes) -> str:
+    """The request header's client id ("" when null or not UTF-8): who the proxy stamps for."""
+    if len(body) < 10:
+        return ""
+    (n,) = struct.unpack_from(">h", body, 8)
+    raw = body[10 : 10 + n] if n > 0 else b""
+    try:
+        return raw.decode("utf-8") if isinstance(raw, bytes) else bytes(raw).decode("utf-8")
+    except UnicodeDecodeError:
+        return ""
+
+
 def peek_correlation_id(body: bytes) -> int:
     """Read the correlation id that starts every response body."""
     if len(body) < 4:
