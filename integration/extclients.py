@@ -110,13 +110,25 @@ def _run(cmd: list[str], tag: str, timeout: float) -> ProduceResult:
 
 
 def kafkajs_produce(
-    bootstrap: str, topic: str, n: int, codec: str = "none", *, tag: str, timeout: float = 120
+    bootstrap: str,
+    topic: str,
+    n: int,
+    codec: str = "none",
+    *,
+    tag: str,
+    keyed: bool = False,
+    timeout: float = 120,
 ) -> ProduceResult:
-    """kafkajs, ``idempotent: false``, retries on; values ``<tag>-<i:06d>``."""
+    """kafkajs, ``idempotent: false``, retries on; values ``<tag>-<i:06d>``.
+
+    Keyless by default (round-robin: a retried send() may move to another partition);
+    ``keyed`` gives message i the key ``k<i mod 7>``, hashed to one partition on every try.
+    """
     script = kafkajs_ready()
     node = shutil.which("node")
     assert node is not None
-    return _run([node, str(script), bootstrap, topic, str(n), codec], tag, timeout)
+    cmd = [node, str(script), bootstrap, topic, str(n), codec]
+    return _run([*cmd, "--keyed"] if keyed else cmd, tag, timeout)
 
 
 def kafka_go_produce(

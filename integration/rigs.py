@@ -9,7 +9,7 @@ relay B on the broker side; relay B also counts every batch that reaches the bro
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 from integration import clients
@@ -68,9 +68,12 @@ class ProxiedRig:
         return f"{CLIENT_SIDE}:{self.proxy.listen_port}"
 
 
-def proxied_rig(rig: Rig, max_node_id: int = 8) -> Iterator[ProxiedRig]:
+def proxied_rig(rig: Rig, max_node_id: int = 8, extra: Sequence[str] = ()) -> Iterator[ProxiedRig]:
+    """The proxy in front of ``rig`` behind relay A; ``extra`` is appended to its arguments."""
     proxy = ProxyProcess(
-        rig.relayed_bootstrap, max_node_id=max_node_id, extra=["--advertised-host", CLIENT_SIDE]
+        rig.relayed_bootstrap,
+        max_node_id=max_node_id,
+        extra=["--advertised-host", CLIENT_SIDE, *extra],
     ).start()
     try:
         ports = [proxy.listen_port] + [proxy.broker_port(n) for n in rig.cluster.node_ids()]

@@ -1,10 +1,11 @@
 #!/usr/bin/env node
 // kafkajs producer with idempotence off and retries on, for idemproxy's integration tests.
 //
-//   node produce.js <bootstrap> <topic> <n> [none|gzip] [--per-send K]
+//   node produce.js <bootstrap> <topic> <n> [none|gzip] [--per-send K] [--keyed]
 //
 // Values are "<tag>-<i>" (tag from IDEMPROXY_TAG, default "kjs"), no keys, so the
-// default partitioner spreads them round-robin. Messages go out K per producer.send()
+// default partitioner spreads them round-robin. With --keyed each message has the key
+// "k<i mod 7>", so the partitioner hashes it to the same partition on every try. Messages go out K per producer.send()
 // call (default 10), one call at a time, so a lost acknowledgement is retried by
 // kafkajs itself. Prints one JSON line: {"client":"kafkajs","sent":n,"acked":a,"errors":[...]}.
 'use strict'
@@ -12,7 +13,7 @@
 const { Kafka, CompressionTypes, logLevel } = require('kafkajs')
 
 function usage() {
-  process.stderr.write('usage: produce.js <bootstrap> <topic> <n> [none|gzip] [--per-send K]\n')
+  process.stderr.write('usage: produce.js <bootstrap> <topic> <n> [none|gzip] [--per-send K] [--keyed]\n')
   process.exit(2)
 }
 
@@ -22,6 +23,7 @@ async function main(argv) {
   const codecName = (argv[3] && !argv[3].startsWith('--') ? argv[3] : 'none').toLowerCase()
   const perSendAt = argv.indexOf('--per-send')
   const perSend = perSendAt >= 0 ? parseInt(argv[perSendAt + 1], 10) : 10
+  const keyed = argv.includes('--keyed')
   const n = parseInt(nText, 10)
   const codecs = { none: CompressionTypes.None, gzip: CompressionTypes.GZIP }
   if (!(codecName in codecs) || !(n >= 0) || !(perSend > 0)) usage()
@@ -48,7 +50,8 @@ async function main(argv) {
     for (let i = 0; i < n; i += perSend) {
       const messages = []
       for (let j = i; j < Math.min(n, i + perSend); j++) {
-        messages.push({ value: `${tag}-${String(j).padStart(6, '0')}` })
+        const value = `${tag}-${String(j).padStart(6, '0')}`
+        messages.push(keyed ? { key: `k${j % 7}`, value } : { value })
       }
       const t0 = Date.now()
       try {
