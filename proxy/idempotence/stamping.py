@@ -28,7 +28,7 @@ The rules, as the README's "Producers without idempotence" states them:
 from __future__ import annotations
 
 from collections import OrderedDict, deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Container, Iterable
 from typing import Literal, NamedTuple, Protocol
 
 from proxy.errors import DecodeError
@@ -130,9 +130,10 @@ class Sent:
 class Copy:
     """One record of a kept batch that is in doubt (a retry candidate)."""
 
-    __slots__ = ("digest", "index", "sent", "since_ms", "timestamp")
+    __slots__ = ("digest", "in_index", "index", "sent", "since_ms", "timestamp")
 
     def __init__(self, sent: Sent, index: int, key: RecordKey, now_ms: int) -> None:
+        self.in_index = False
         self.sent = sent
         self.index = index
         self.digest = key.digest
@@ -171,7 +172,7 @@ class Line:
         self.queue: list[Sent] = []
         #: Records in doubt by digest, and the same copies in the order they came into doubt.
         self.index: dict[bytes, list[Copy]] = {}
-        self.doubt: deque[Copy] = deque()
+        self.doubt: deque[tuple[int, Copy]] = deque()
 
     def take_sequence(self, count: int) -> int:
         seq = self.next_seq
@@ -182,12 +183,14 @@ class Line:
 class PartPlan:
     """What to do with one partition of a non-idempotent client's request."""
 
-    __slots__ = ("first", "line", "matched", "resend", "send")
+    __slots__ = ("depends", "first", "line", "matched", "resend", "send")
 
     def __init__(self, line: Line) -> None:
         self.line = line
         #: Kept batches to resend first, in order, each in a request of its own.
         self.resend: list[Sent] = []
+        #: Batches already being resent on this connection that hold some of its records.
+        self.depends: list[Sent] = []
         #: The client's records that are not retries, stamped (None: nothing new).
         self.send: Sent | None = None
         #: The client's records recognised as retries, not sent again.
@@ -197,7 +200,10 @@ class PartPlan:
 
     @property
     def pieces(self) -> list[Sent]:
-        return self.resend if self.send is None else [*self.resend, self.send]
+        """The batches whose outcome is the client's answer (those it sends, and those it
+        waits for), in sequence order."""
+        pieces = [*self.depends, *self.resend]
+        return pieces if self.send is None else [*pieces, self.send]
 
     @property
     def settled(self) -> bool:
@@ -274,8 +280,14 @@ class Stamper:
         records: bytes | memoryview,
         record_count: int,
         now_ms: int,
+        inflight_here: Container[Sent] = (),
     ) -> PartPlan:
-        """Stamp one partition's batch; the client's producer id must be known."""
+        """Stamp one partition's batch; the client's producer id must be known.
+
+        `inflight_here`: stamped batches in flight on the same connection; a retry of their
+        records (a client pipelining its retries) waits for their answer instead of going up
+        again, which on one connection comes first.
+        """
         line = self._line(client, tp)
         self._expire(line, now_ms)
         plan = PartPlan(line)
@@ -289,7 +301,7 @@ class Stamper:
         plan.resend = resend
         keep: list[int] | None = None
         if line.index:
-            keep = self._match(line, plan, records, now_ms)
+            keep = self._match(line, plan, records, inflight_here)
         if keep is None:
             batch = stamp(records, line.pid, line.epoch, line.next_seq)
             plan.send = self._new_sent(line, batch, record_count, now_ms)
@@ -340,7 +352,11 @@ class Stamper:
         line.counter += 1
 
     def _match(
-        self, line: Line, plan: PartPlan, records: bytes | memoryview, now_ms: int
+        self,
+        line: Line,
+        plan: PartPlan,
+        records: bytes | memoryview,
+        inflight_here: Container[Sent],
     ) -> list[int] | None:
         """Indexes of the client's records that are not retries (None: all of them)."""
         try:
@@ -350,16 +366,25 @@ class Stamper:
         resending = set(plan.resend)
         keep: list[int] = []
         for i, key in enumerate(keys):
-            copy = self._take(line, key, resending)
+            copy = self._take(line, key, resending, inflight_here)
             if copy is None:
                 keep.append(i)
-            else:
-                plan.matched.append(copy)
-                if i == 0:
-                    plan.first = copy
+                continue
+            plan.matched.append(copy)
+            if i == 0:
+                plan.first = copy
+            sent = copy.sent
+            if sent.state == INFLIGHT and sent not in resending and sent not in plan.depends:
+                plan.depends.append(sent)
         return None if len(keep) == len(keys) else keep
 
-    def _take(self, line: Line, key: RecordKey, resending: set[Sent]) -> Copy | None:
+    def _take(
+        self,
+        line: Line,
+        key: RecordKey,
+        resending: set[Sent],
+        inflight_here: Container[Sent],
+    ) -> Copy | None:
         """The copy in doubt this record is a retry of, removed from the index; or None."""
         copies = line.index.get(key.digest)
         if not copies:
@@ -367,7 +392,11 @@ class Stamper:
         best: Copy | None = None
         for copy in copies:
             sent = copy.sent
-            if sent.state != WRITTEN and sent not in resending:
+            if not (
+                sent.state == WRITTEN
+                or sent in resending
+                or (sent.state == INFLIGHT and sent in inflight_here)
+            ):
                 continue  # given up, or in flight on another connection
             if copy.timestamp == key.timestamp:
                 best = copy
@@ -543,12 +572,16 @@ class Stamper:
         self._trim()
 
     def _index(self, line: Line, copy: Copy) -> None:
+        if copy.in_index:
+            return
+        copy.in_index = True
         line.index.setdefault(copy.digest, []).append(copy)
-        line.doubt.append(copy)
+        line.doubt.append((copy.since_ms, copy))
         self.copies += 1
         self.bytes += len(copy.digest) + COPY_OVERHEAD
 
     def _uncount_copy(self, copy: Copy) -> None:
+        copy.in_index = False
         self.copies -= 1
         self.bytes -= len(copy.digest) + COPY_OVERHEAD
 
@@ -556,8 +589,10 @@ class Stamper:
         """Forget doubt older than the retry window; give up batches unresolved that long."""
         horizon = now_ms - self.retry_window_ms
         doubt = line.doubt
-        while doubt and doubt[0].since_ms < horizon:
-            copy = doubt.popleft()
+        while doubt and doubt[0][0] < horizon:
+            since, copy = doubt.popleft()
+            if not copy.in_index or copy.since_ms != since:
+                continue  # taken since, or back in doubt later (a later entry stands for it)
             copies = line.index.get(copy.digest)
             if copies is not None and copy in copies:
                 copies.remove(copy)

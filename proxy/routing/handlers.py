@@ -27,6 +27,9 @@ class BaseHandler:
     def close(self, out: Output) -> None:
         pass
 
+    def client_gone(self, out: Output) -> None:
+        pass
+
     def next_deadline(self) -> int | None:
         return None
 

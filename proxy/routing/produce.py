@@ -135,6 +135,9 @@ class ProduceHandler(BaseHandler):
         self._pid_wait: deque[tuple[Exchange, ProduceRequestView, str]] = deque()
         self._stamped: dict[Sent, None] = {}
         self._unanswered: dict[PartPlan, None] = {}  # stamped plans the client awaits
+        # Exchanges with stamped parts not answered yet: a part may wait for batches another
+        # exchange of this connection resends, so every stamped answer re-checks them.
+        self._stamp_open: dict[Exchange, None] = {}
         self._recent: deque[tuple[int, list[Sent | Copy]]] = deque()
 
     @property
@@ -245,6 +248,8 @@ class ProduceHandler(BaseHandler):
         for part in parts:
             if part.waiter is not None:
                 self._held[part.waiter] = exchange
+        if any(part.stamp is not None for part in parts):
+            self._stamp_open[exchange] = None
         self._send_resends(exchange, plan, out)
         if sent:
             plan.outstanding += 1
@@ -334,11 +339,15 @@ class ProduceHandler(BaseHandler):
         ):
             return self._coord.not_idempotent(count, stamping=False)
         self._coord.not_idempotent(count, stamping=True)
-        plan = stamper.plan(client, (name, part.p.partition), records, count, now)
+        plan = stamper.plan(
+            client, (name, part.p.partition), records, count, now, inflight_here=self._stamped
+        )
         part.stamp = plan
         self._unanswered[plan] = None
-        for sent in plan.pieces:
+        for sent in plan.resend:
             self._stamped[sent] = None
+        if plan.send is not None:
+            self._stamped[plan.send] = None
         if plan.send is not None:
             part.sent = True
             part.records = plan.send.batch
@@ -385,6 +394,7 @@ class ProduceHandler(BaseHandler):
                 r = results.get((part.p.topic, part.p.partition))
                 self._settle_stamped(sent, r, now)
             self._finish(exchange, plan)
+            self._recheck()
             return
         # The client's own request carried the parts sent at once; a late part has its own
         # request and is settled only by that request's answer.
@@ -421,6 +431,12 @@ class ProduceHandler(BaseHandler):
                 self._wake(self._ledger.settle(part.ticket, outcome, now), out)
                 part.ticket = None
         self._finish(exchange, plan)
+        if self._stamp_open:
+            self._recheck()
+
+    def _recheck(self) -> None:
+        for exchange in list(self._stamp_open):
+            self._finish(exchange, exchange.state)
 
     def _settle_stamped(self, sent: Sent, r: PartitionResult | None, now: int) -> None:
         assert self._stamper is not None
@@ -491,8 +507,14 @@ class ProduceHandler(BaseHandler):
         self._held.clear()
         self._wake(self._ledger.abandon_all(now), out)
         self._pid_wait.clear()
+        self.client_gone(out)
+
+    def client_gone(self, out: Output) -> None:
+        """Whatever the client was not answered, or may not have read, comes into doubt now:
+        it may retry on a new connection before this one's upstream has drained."""
         stamper = self._stamper
         if stamper is not None:
+            now = self._coord.clock_ms()
             for sent in self._stamped:
                 stamper.lost(sent, now)
             self._stamped.clear()
@@ -500,6 +522,7 @@ class ProduceHandler(BaseHandler):
             for plan in self._unanswered:
                 stamper.in_doubt(plan.matched, now)
             self._unanswered.clear()
+            self._stamp_open.clear()
             # Successes written shortly before the connection ended may not have been read.
             grace = now - stamper.ack_grace_ms
             for at, items in self._recent:
@@ -519,6 +542,7 @@ class ProduceHandler(BaseHandler):
         else:
             exchange.response = frame(self._merge(exchange, plan))
         if self._stamper is not None:
+            self._stamp_open.pop(exchange, None)
             self._answered(plan)
 
     def _answered(self, plan: _Plan) -> None:

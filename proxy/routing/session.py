@@ -95,6 +95,10 @@ class Handler(Protocol):
     def close(self, out: Output) -> None:
         """The connection is over: settle whatever the handler still owes (once)."""
 
+    def client_gone(self, out: Output) -> None:
+        """The client's side closed; the upstream may still be draining answers it will
+        never read."""
+
     def next_deadline(self) -> int | None:
         """Wall-clock ms when `on_timer` has work, or None."""
 
@@ -210,6 +214,15 @@ class Session:
     def client_eof(self) -> None:
         """The client closed; raises TruncatedFrame if it left half a frame."""
         self._client_frames.eof()
+
+    def client_gone(self) -> Output:
+        """The client's connection closed (the upstream may drain a while longer): answers
+        still to come will not reach it, and the last ones written may not have."""
+        out = Output()
+        if not self._closed:
+            for handler in self._chain:
+                handler.client_gone(out)
+        return out
 
     def close(self) -> Output:
         """The connection is over (any side, any reason): every handler settles what it owes.

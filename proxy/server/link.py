@@ -106,6 +106,8 @@ class Link:
         self.client_open = False
         self.proxy.metrics.client_connections.dec()
         log.debug("client disconnected", extra={"peer": self.peer})
+        for session_id in self.session.client_gone().woken:
+            self.proxy.wake(session_id)
         if not self.upstream_open:
             if self.upstream is None:
                 self.finish()  # never connected (or still connecting): nothing will answer

@@ -463,3 +463,45 @@ def test_pipelined_batches_after_a_lost_one_are_resent_in_order() -> None:
         _, answers_ = retried(rig, b)
         assert answers_[0].error_code == E.NONE
     assert rig.broker.logs[TP] == vals("x", "a", "b", "c")
+
+
+def test_retries_pipelined_on_one_connection_wait_for_the_resends_of_the_first() -> None:
+    """librdkafka sends its retries back to back: the first retry resends every kept batch,
+    the second's records are in those resends and are not sent again."""
+    rig = StampRig()
+    conn = rig.connect()
+    sent_ok(conn, plain_batch(vals("x")))
+    first = plain_batch(vals("a", "b"), timestamp=T0 + 1)
+    second = plain_batch(vals("c", "d"), timestamp=T0 + 3)
+    for batch in (first, second):
+        upstream, _ = conn.send(one(batch))
+        rig.broker.handle(upstream[0])  # written, answers lost
+    conn.close()
+    retry = rig.connect()
+    up1, _ = retry.send(one(first))
+    up2, client2 = retry.send(one(second))
+    assert len(produce_bodies(up1)) == 2, "both kept batches resent by the first retry"
+    assert up2 == [], "the second's records are in the resends: nothing more goes up"
+    assert client2 == [], "and its answer waits for theirs"
+    client = retry.through_broker(up1)
+    assert [answers_of(b)[0].error_code for b in client] == [E.NONE, E.NONE]
+    assert rig.broker.logs[TP] == vals("x", "a", "b", "c", "d")
+
+
+def test_a_retry_on_a_new_connection_while_the_old_one_drains_is_resolved_by_a_resend() -> None:
+    """The client's connection closed; its upstream is still reading the answer when the
+    client reconnects and retries."""
+    rig = StampRig()
+    conn = rig.connect()
+    sent_ok(conn, plain_batch(vals("x")))
+    batch = plain_batch(vals("a"), timestamp=T0 + 1)
+    upstream, _ = conn.send(one(batch))
+    late_answer = rig.broker.handle(upstream[0])
+    conn.session.client_gone()
+    produce, answers = retried(rig, batch)
+    assert len(produce) == 1, "the kept batch resent"
+    assert answers[0].error_code == E.NONE
+    client, more = conn.feed([late_answer])  # the drained answer: nobody to tell
+    assert more == []
+    conn.close()
+    assert rig.broker.logs[TP] == vals("x", "a")
