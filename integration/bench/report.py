@@ -430,6 +430,29 @@ def markdown(results: dict[str, Any]) -> str:
                 f"Per-batch cost at {sm['large']:,} / at {sm['small']:,} tracked: "
                 f"{large.median / small.median:.3f}.",
             ]
+    stamping = results.get("stamping") or []
+    if stamping:
+        rows = []
+        for mode in ("direct", "pass", "stamp"):
+            runs = [r for r in stamping if r["mode"] == mode]
+            if not runs:
+                continue
+            mb = _spread(runs, "mb_per_sec")
+            p99 = _spread(runs, "p99_ms")
+            cpu = Spread.of([r["cpu_s_per_gb"] for r in runs if "cpu_s_per_gb" in r])
+            rows.append(
+                [mode, mb.fmt(1, " MiB/s"), p99.fmt(0, " ms"), cpu.fmt(2) if cpu.n else "-"]
+            )
+        out += [
+            "",
+            "## Stamp mode beside pass mode",
+            "",
+            "A producer without idempotence (ProducerPerformance, enable.idempotence=false, "
+            "acks=all, 1 KB records) to the broker, through idemproxy passing its batches, and "
+            "through idemproxy stamping them (producer id, epoch, sequence, CRC-32C).",
+            "",
+        ]
+        out += _table(["path", "throughput", "p99", "proxy CPU s/GB"], rows)
     verdict_rows = [
         [figure, measured, target, "n/a" if met is None else ("met" if met else "MISSED")]
         for figure, measured, target, met in verdicts(results)

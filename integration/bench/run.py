@@ -182,6 +182,7 @@ class Bench:
             "throughput": [],
             "latency": [],
             "state": {},
+            "stamping": [],
             "profile": {},
             "kroxylicious": {},
         }
@@ -366,6 +367,67 @@ class Bench:
                 "batches": batches,
                 "request_bytes": self.proxy.metric("idemproxy_bytes_total", direction="request"),
             }
+
+    # -- stamp mode beside pass mode ------------------------------------------------------------
+
+    def stamping(self) -> None:
+        """A producer WITHOUT idempotence (ProducerPerformance, enable.idempotence=false, acks=all,
+        1 KB records) to the broker directly, through idemproxy in stamp mode (its default), and
+        through a second idemproxy in pass mode; the same records each, rotated per round."""
+        plan = self.plan
+        assert self.cluster is not None
+        passing = ProxyProcess(
+            self.cluster.bootstrap, extra=["--log-level", "info", "--non-idempotent", "pass"]
+        ).start()
+        self.stack.callback(passing.stop)
+        targets = {"direct": None, "stamp": self.proxy, "pass": passing}
+        bootstraps = {
+            "direct": self.bootstraps["direct"],
+            "stamp": self.bootstraps["idemproxy"],
+            "pass": passing.bootstrap,
+        }
+        pids = {"stamp": self.pids["idemproxy"], "pass": passing.pid}
+        size = 1024
+        records = self.results["meta"]["num_records"].get(size) or int(30_000 * plan.seconds)
+        props = {**self.producer_props, "enable.idempotence": "false", "acks": "all"}
+        say(f"\nStamp mode beside pass mode (non-idempotent producer, {records:,} x 1 KB)")
+        for r in range(plan.rounds):
+            for mode in _rotate(list(targets), r):
+                proxy = targets[mode]
+                watch = {"broker": self.pids["broker"]} if "broker" in self.pids else {}
+                if mode in pids:
+                    watch[mode] = pids[mode]
+                before = proxy.metric("idemproxy_bytes_total", direction="request") if proxy else 0
+                window = measure.CpuWindow(watch).start()
+                result = loads.producer_performance(
+                    bootstraps[mode],
+                    TOPICS["throughput"],
+                    records,
+                    record_size=size,
+                    payload_file=self.payloads[size],
+                    producer_props=props,
+                )
+                window.stop()
+                row: dict[str, Any] = {
+                    "mode": mode,
+                    "round": r,
+                    **asdict(result),
+                    "payload_bytes": records * size,
+                    "cpu": window.used,
+                }
+                if proxy is not None and window.used is not None:
+                    forwarded = proxy.metric("idemproxy_bytes_total", direction="request") - before
+                    row["bytes_forwarded"] = forwarded
+                    row["cpu_s_per_gb"] = window.used[mode] / (forwarded / 1e9)
+                self.results["stamping"].append(row)
+                extra = f", {row['cpu_s_per_gb']:.2f} CPU s/GB" if "cpu_s_per_gb" in row else ""
+                say(
+                    f"  round {r + 1} {mode:7s} {row['mb_per_sec']:8.1f} MiB/s "
+                    f"p99 {row['p99_ms']:.0f} ms{extra}"
+                )
+        if self.proxy is not None:
+            stamped = self.proxy.metric("idemproxy_stamped_batches_total", result="written")
+            self.results["stamping_batches_written"] = stamped
 
     # -- latency ------------------------------------------------------------------------------
 
@@ -610,7 +672,7 @@ def _parse_props(values: tuple[str, ...]) -> dict[str, str | int]:
 )
 @click.option(
     "--only",
-    type=click.Choice(["throughput", "latency", "state"]),
+    type=click.Choice(["throughput", "latency", "state", "stamping"]),
     multiple=True,
     help="Run only these measurements (repeatable).",
 )
@@ -684,13 +746,15 @@ def main(
         command=command.strip(),
     )
     bench.results["meta"]["quick"] = quick
-    wanted = set(only) or {"throughput", "latency", "state"}
+    wanted = set(only) or {"throughput", "latency", "state", "stamping"}
     if "throughput" in wanted:
         phases.append(("throughput", bench.throughput))
     if "latency" in wanted:
         phases.append(("latency", bench.latency))
     if "state" in wanted:
         phases.append(("state", bench.state))
+    if "stamping" in wanted:
+        phases.append(("stamping", bench.stamping))
     if profile:
         phases.append(("profile", bench.profile))
     began = time.monotonic()

@@ -160,10 +160,16 @@ class ProduceHandler(BaseHandler):
             return
         view = ProduceRequestView(body, exchange.header.api_version)
         client = peek_client_id(body) if self._stamper is not None else ""
-        if self._pid_wait or self._needs_pid(view, client):
-            # Held, in order, until the client id has a producer id to stamp with.
-            if not self._pid_wait:
-                self._ask_pid(exchange, client, out)
+        self._admit(exchange, view, client, out)
+
+    def _admit(
+        self, exchange: Exchange, view: ProduceRequestView, client: str, out: Output
+    ) -> None:
+        """Process the request now, or hold it (in order) until the client id has a producer
+        id to stamp with."""
+        if self._pid_wait or (
+            self._needs_pid(view, client) and self._ask_pid(exchange, client, out)
+        ):
             self._pid_wait.append((exchange, view, client))
             return
         self._process(exchange, view, client, out)
@@ -180,12 +186,13 @@ class ProduceHandler(BaseHandler):
                 return True
         return False
 
-    def _ask_pid(self, exchange: Exchange, client: str, out: Output) -> None:
+    def _ask_pid(self, exchange: Exchange, client: str, out: Output) -> bool:
+        """Send the proxy's InitProducerId; False when the broker has no version for it."""
         version = pick_version(self._session.broker_versions.get(ApiKey.INIT_PRODUCER_ID))
         if version is None:
             assert self._stamper is not None
             self._stamper.refused(client, self._coord.clock_ms())
-            return
+            return False
         self._own_correlation -= 1
         body = init_producer_id_request(version, self._own_correlation, client)
         self._session.forward(
@@ -195,6 +202,7 @@ class ProduceHandler(BaseHandler):
             correlation_id=self._own_correlation,
             tag=_AskPid(client, version),
         )
+        return True
 
     def _pid_answer(self, tag: _AskPid, body: bytes, out: Output) -> None:
         stamper = self._stamper
@@ -217,12 +225,7 @@ class ProduceHandler(BaseHandler):
         waiting = self._pid_wait
         self._pid_wait = deque()
         for exchange, view, client in waiting:
-            if self._pid_wait or self._needs_pid(view, client):
-                if not self._pid_wait:
-                    self._ask_pid(exchange, client, out)
-                self._pid_wait.append((exchange, view, client))
-            else:
-                self._process(exchange, view, client, out)
+            self._admit(exchange, view, client, out)
 
     def _process(
         self, exchange: Exchange, view: ProduceRequestView, client: str, out: Output

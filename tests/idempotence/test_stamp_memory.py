@@ -18,7 +18,9 @@ RECORDS_PER_BATCH = 10
 def measure(batches: int = 1_000) -> tuple[float, float]:
     """(bytes held per record in doubt, bytes the stamper counts per record in doubt)."""
     raw = [
-        plain_batch([b"value-%08d-%02d" % (i, j) for j in range(RECORDS_PER_BATCH)], timestamp=T0 + i)
+        plain_batch(
+            [b"value-%08d-%02d" % (i, j) for j in range(RECORDS_PER_BATCH)], timestamp=T0 + i
+        )
         for i in range(batches)
     ]
     tracemalloc.start()

@@ -505,3 +505,41 @@ def test_a_retry_on_a_new_connection_while_the_old_one_drains_is_resolved_by_a_r
     assert more == []
     conn.close()
     assert rig.broker.logs[TP] == vals("x", "a")
+
+
+def test_a_broker_without_init_producer_id_v3_leaves_batches_unstamped() -> None:
+    rig = StampRig()
+    conn = rig.connect()
+    conn.session.broker_versions = {ApiKey.INIT_PRODUCER_ID: (0, 2)}
+    upstream, _ = conn.send(one(plain_batch(vals("a"))))
+    (produce,) = upstream
+    assert stamps_of(produce) == [(-1, -1, -1, vals("a"))]
+
+
+def test_an_undecodable_producer_id_answer_leaves_the_held_batches_unstamped() -> None:
+    rig = StampRig()
+    conn = rig.connect()
+    upstream, _ = conn.send(one(plain_batch(vals("a"))))
+    (ask,) = upstream
+    garbage = ask[4:8] + b"\x00\x01"  # the right correlation id, then too short
+    client, more = conn.feed([garbage])
+    assert client == []
+    (produce,) = more
+    assert stamps_of(produce) == [(-1, -1, -1, vals("a"))]
+
+
+def test_a_stamped_partition_missing_from_the_broker_answer_is_in_doubt() -> None:
+    rig = StampRig()
+    conn = rig.connect()
+    sent_ok(conn, plain_batch(vals("x")))
+    upstream, _ = conn.send(one(plain_batch(vals("a"), timestamp=T0 + 1)))
+    rig.broker.handle(upstream[0])
+    from ._support import encode_response, produce_response_with
+
+    empty = encode_response(produce_response_with(9, []), 2)
+    (told,) = conn.feed([empty])[0]
+    assert answers_of(told)[0].error_code == E.REQUEST_TIMED_OUT
+    produce, answers = retried(rig, plain_batch(vals("a"), timestamp=T0 + 1))
+    assert len(produce) == 1, "resent with its stamp"
+    assert answers[0].error_code == E.NONE
+    assert rig.broker.logs[TP] == vals("x", "a")
