@@ -3,8 +3,12 @@
 A Prometheus server (Debian's `prometheus` binary) scrapes a running idemproxy every
 second and loads deploy/prometheus/alerts.yml. After traffic through the proxy
 (produce, consume, a retried batch, sequence gaps, a non-idempotent batch and an
-oversized frame), every query of the Grafana dashboard and every alert rule is
-evaluated through Prometheus' HTTP API.
+oversized frame; then a producer without idempotence through lost acknowledgements,
+stamped by the proxy, and records in doubt beyond --stamp-memory), every query of the
+Grafana dashboard and every alert rule is evaluated through Prometheus' HTTP API.
+
+Clients reach the proxy through a LostAckRelay on 127.0.0.2 (the proxy advertises that
+address); it relays untouched except while the stamp-mode traffic runs.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,9 +32,11 @@ import yaml
 from kafka.protocol.producer import ProduceResponse
 
 from integration import clients
+from integration.faults import LostAckRelay
 from integration.harness import Cluster, _proc
 from integration.harness._wire import init_producer_id
 from integration.proxy_process import ProxyProcess, free_port_block
+from integration.rigs import CLIENT_SIDE
 from tests.deploy.artifacts import (
     ALERTS,
     K8S,
@@ -54,6 +61,11 @@ pytestmark = [
 ]
 
 JOB = "idemproxy"  # the job name alerts.yml and the dashboard's $job expect
+#: The smallest --stamp-memory the proxy accepts (1 MiB): records in doubt beyond it are evicted.
+STAMP_MEMORY = 1 << 20
+#: Records of one batch whose acknowledgement the client may have missed: 3000 x ~376 bytes
+#: counted (proxy.idempotence.stamping.COPY_OVERHEAD + digest) is above STAMP_MEMORY.
+EVICTING_RECORDS = 3000
 QUERIES = dashboard_queries(load_dashboard())
 RULES = alert_rules()
 
@@ -214,6 +226,7 @@ def _oversized_frame(proxy: ProxyProcess) -> None:
 class Traffic:
     proxy: ProxyProcess
     prometheus: PrometheusServer
+    relay: LostAckRelay
 
     @property
     def instance(self) -> str:
@@ -265,19 +278,67 @@ def _send_traffic(
     _oversized_frame(proxy)
     _wait_for(prometheus, OUT_OF_ORDER, 2)
     _wait_for(prometheus, 'sum(idemproxy_frames_refused_total{reason="FrameTooLarge"})', 1)
-    time.sleep(2.5)  # a few more scrapes and rule evaluations
+
+
+def _stamp_traffic(
+    cluster: Cluster,
+    proxy: ProxyProcess,
+    relay: LostAckRelay,
+    prometheus: PrometheusServer,
+    topic: str,
+) -> None:
+    """A producer without idempotence through lost acks (the default --non-idempotent stamp),
+    then one batch whose records come into doubt beyond --stamp-memory (evictions)."""
+    cluster.create_topic(topic, partitions=1)
+    values = [b"plain-%04d" % i for i in range(60)]
+    relay.drop_every(3)  # every 3rd produce answer lost after the write, the client reset
+    try:
+        acked = clients.kafka_python_produce(
+            f"{CLIENT_SIDE}:{proxy.listen_port}",
+            topic,
+            values,
+            idempotent=False,
+            batch_size=256,
+            max_in_flight_requests_per_connection=1,
+        )
+    finally:
+        relay.drop_every(0)
+    assert acked == len(values)
+    assert relay.stats.acks_dropped > 0
+    # Each record once: the retries of records the proxy had written were not sent again.
+    got = clients.kafka_python_consume(proxy.bootstrap, topic, len(values), timeout=30)
+    assert Counter(got) == Counter(values)
+    _wait_for(prometheus, "idemproxy_retried_records_dropped_total > bool 0", 1)
+
+    # A success answer read, and the connection closed at once (within the proxy's ack
+    # grace): the client may not have seen it, so every record is in doubt, more bytes than
+    # --stamp-memory allows; the proxy forgets the least recently used lines.
+    (node_id,) = cluster.node_ids()
+    raw = RawProducer("127.0.0.1", proxy.broker_port(node_id), topic)
+    try:
+        values = [b"d%04d" % i for i in range(EVICTING_RECORDS)]
+        assert raw.produce(_record_batch(-1, -1, -1, values)) == 0
+    finally:
+        raw.close()
+    _wait_for(prometheus, "idemproxy_stamp_state_evictions_total > bool 0", 1)
 
 
 @pytest.fixture(scope="module")
 def traffic(kafka_cluster: Cluster) -> Iterator[Traffic]:
-    with ProxyProcess(kafka_cluster.bootstrap) as proxy:
-        prometheus = PrometheusServer([f"127.0.0.1:{proxy.metrics_port}"], [ALERTS]).start()
-        try:
-            _wait_for(prometheus, f'up{{job="{JOB}"}}', 1)
-            _send_traffic(kafka_cluster, proxy, prometheus, f"prometheus-{time.monotonic_ns()}")
-            yield Traffic(proxy, prometheus)
-        finally:
-            prometheus.stop()
+    extra = ["--advertised-host", CLIENT_SIDE, "--stamp-memory", str(STAMP_MEMORY)]
+    with ProxyProcess(kafka_cluster.bootstrap, extra=extra) as proxy:
+        ports = [proxy.listen_port] + [proxy.broker_port(n) for n in kafka_cluster.node_ids()]
+        with LostAckRelay(CLIENT_SIDE, "127.0.0.1", ports) as relay:
+            prometheus = PrometheusServer([f"127.0.0.1:{proxy.metrics_port}"], [ALERTS]).start()
+            try:
+                _wait_for(prometheus, f'up{{job="{JOB}"}}', 1)
+                run = time.monotonic_ns()
+                _send_traffic(kafka_cluster, proxy, prometheus, f"prometheus-{run}")
+                _stamp_traffic(kafka_cluster, proxy, relay, prometheus, f"prometheus-plain-{run}")
+                time.sleep(2.5)  # a few more scrapes and rule evaluations
+                yield Traffic(proxy, prometheus, relay)
+            finally:
+                prometheus.stop()
 
 
 def _template_values(traffic: Traffic) -> dict[str, str]:
@@ -321,6 +382,29 @@ def test_dashboard_core_panels_show_the_traffic(traffic: Traffic) -> None:
     assert row["metric"]["version"] == __version__
 
 
+def test_stamp_panels_show_the_traffic(traffic: Traffic) -> None:
+    """The stamp-mode row: retries recognised, batches stamped and written, a producer id
+    obtained for each client id, state kept and evicted."""
+    values = _template_values(traffic)
+
+    def panel(title: str) -> dict[str, float]:
+        """The panel's values by the one label it sums by."""
+        (query,) = [q for q in QUERIES if q.panel == title]
+        rows = traffic.prometheus.query(substitute(query.expr, values))["data"]["result"]
+        return {"".join(r["metric"].values()): float(r["value"][1]) for r in rows}
+
+    assert sum(panel("Retried records dropped per second").values()) > 0
+    stamped = panel("Stamped batches by result")
+    assert stamped["written"] > 0
+    assert stamped["unresolved"] == 0
+    assert panel("Non-idempotent batches by action")["stamp"] > 0
+    ids = panel("Producer ids obtained / refused")
+    assert ids["obtained"] > 0
+    assert ids["refused"] == 0
+    assert sum(panel("Stamp state evictions").values()) > 0
+    assert sum(panel("Stamp lines").values()) > 0
+
+
 def test_template_variables_resolve(traffic: Traffic) -> None:
     """What Grafana asks for label_values(SELECTOR, LABEL): /api/v1/label/LABEL/values."""
     found = {}
@@ -349,17 +433,29 @@ def test_alert_rules_are_loaded_and_healthy(traffic: Traffic) -> None:
         assert rule["health"] == "ok", (name, rule.get("lastError"))
 
 
-def test_out_of_order_batches_fire_their_alert(traffic: Traffic) -> None:
-    deadline = time.monotonic() + 15
+def _firing(traffic: Traffic, wanted: set[str], timeout: float = 15) -> set[str]:
+    deadline = time.monotonic() + timeout
     while True:
         alerts = traffic.prometheus.api("alerts")["data"]["alerts"]
         firing = {a["labels"]["alertname"] for a in alerts if a["state"] == "firing"}
-        if "IdemproxyOutOfOrderSequence" in firing or time.monotonic() > deadline:
-            break
+        if wanted <= firing or time.monotonic() > deadline:
+            return firing
         time.sleep(0.5)
+
+
+def test_out_of_order_batches_fire_their_alert(traffic: Traffic) -> None:
+    firing = _firing(traffic, {"IdemproxyOutOfOrderSequence"})
     assert "IdemproxyOutOfOrderSequence" in firing
     assert "IdemproxyDown" not in firing
     assert "IdemproxyUpstreamDown" not in firing
+
+
+def test_stamp_state_evictions_fire_their_alert(traffic: Traffic) -> None:
+    firing = _firing(traffic, {"IdemproxyStampStateEvictions"})
+    assert "IdemproxyStampStateEvictions" in firing
+    # every stamped batch resolved, and the broker granted every producer id
+    assert "IdemproxyStampedBatchesUnresolved" not in firing
+    assert "IdemproxyProducerIdRefused" not in firing
 
 
 def test_k8s_probe_paths_answer_200_with_a_live_cluster(traffic: Traffic) -> None:

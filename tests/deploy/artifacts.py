@@ -37,6 +37,12 @@ COUNTERS = frozenset(
         "idemproxy_client_connections_accepted_total",
         "idemproxy_connection_errors_total",
         "idemproxy_frames_refused_total",
+        # stamp mode (--non-idempotent stamp): producers without idempotence
+        "idemproxy_stamped_batches_total",
+        "idemproxy_stamped_records_total",
+        "idemproxy_retried_records_dropped_total",
+        "idemproxy_producer_ids_total",
+        "idemproxy_stamp_state_evictions_total",
     }
 )
 GAUGES = frozenset(
@@ -46,6 +52,10 @@ GAUGES = frozenset(
         "idemproxy_upstream_connections",
         "idemproxy_upstream_up",
         "idemproxy_build_info",
+        # stamp mode
+        "idemproxy_stamp_state_bytes",
+        "idemproxy_stamp_records_in_doubt",
+        "idemproxy_stamp_lines",
     }
 )
 HISTOGRAMS = frozenset(

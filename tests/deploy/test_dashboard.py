@@ -197,6 +197,40 @@ def test_connections_state_and_build_info_are_shown() -> None:
     assert "idemproxy_build_info" in _exprs_of("Build info")[0]
 
 
+def test_stamp_mode_row() -> None:
+    """Producers without idempotence have a row of their own, every stamp family in it."""
+    panels = list(all_panels(DASH))
+    (row,) = [p for p in panels if p["title"] == "Producers without idempotence (stamp mode)"]
+    assert row["type"] == "row"
+    nxt = min(
+        (
+            p["gridPos"]["y"]
+            for p in panels
+            if p["type"] == "row" and p["gridPos"]["y"] > row["gridPos"]["y"]
+        ),
+        default=10**6,
+    )
+    inside = [p for p in panels if row["gridPos"]["y"] < p["gridPos"]["y"] < nxt]
+    shown = {n for p in inside for t in p.get("targets", []) for n in metric_names(t["expr"])}
+    assert shown >= {
+        "idemproxy_retried_records_dropped_total",
+        "idemproxy_stamped_batches_total",
+        "idemproxy_stamped_records_total",
+        "idemproxy_producer_ids_total",
+        "idemproxy_stamp_state_bytes",
+        "idemproxy_stamp_records_in_doubt",
+        "idemproxy_stamp_lines",
+        "idemproxy_stamp_state_evictions_total",
+        "idemproxy_non_idempotent_batches_total",
+    }
+    (expr,) = _exprs_of("Stamped batches by result")
+    assert expr.startswith("sum by (result) (rate(idemproxy_stamped_batches_total")
+    (expr,) = _exprs_of("Producer ids obtained / refused")
+    assert expr.startswith("sum by (result) (increase(idemproxy_producer_ids_total")
+    (expr,) = _exprs_of("Non-idempotent batches by action")
+    assert expr.startswith("sum by (action) (rate(idemproxy_non_idempotent_batches_total")
+
+
 def test_provisioning_points_grafana_at_the_dashboard() -> None:
     providers = load_yaml(GRAFANA_PROVISIONING / "dashboards" / "idemproxy.yaml")
     assert providers["apiVersion"] == 1

@@ -146,6 +146,20 @@ def test_required_alerts() -> None:
     assert "idemproxy_producer_state_evictions_total" in evictions
 
 
+def test_stamp_mode_alerts() -> None:
+    """Producers without idempotence: each event can mean a record written twice."""
+    refused = _rule("IdemproxyProducerIdRefused")
+    assert 'idemproxy_producer_ids_total{result="refused"}' in refused["expr"]
+    assert "IDEMPOTENT_WRITE" in refused["annotations"]["description"]
+    unresolved = _rule("IdemproxyStampedBatchesUnresolved")
+    assert 'idemproxy_stamped_batches_total{result="unresolved"}' in unresolved["expr"]
+    evictions = _rule("IdemproxyStampStateEvictions")
+    assert "idemproxy_stamp_state_evictions_total" in evictions["expr"]
+    assert "--stamp-memory" in evictions["annotations"]["description"]
+    for rule in (refused, unresolved, evictions):
+        assert rule["labels"]["severity"] == "warning"
+
+
 def test_alerts_use_the_scrape_job_name() -> None:
     jobs = {j["job_name"] for j in load_yaml(PROMETHEUS_CONFIG)["scrape_configs"]}
     for rule in RULES:
