@@ -101,14 +101,16 @@ def _kafka_python(codec: str | None) -> Callable[[str, str, str, int], Outcome]:
     return produce
 
 
-async def _aiokafka_send(bootstrap: str, topic: str, values: list[bytes]) -> tuple[int, list[str]]:
+async def _aiokafka_send(
+    bootstrap: str, topic: str, values: list[bytes], codec: str | None
+) -> tuple[int, list[str]]:
     from aiokafka import AIOKafkaProducer
 
     producer = AIOKafkaProducer(
         bootstrap_servers=bootstrap,
         enable_idempotence=False,  # its default, stated on purpose
         acks="all",
-        compression_type="lz4",
+        compression_type=codec,
         max_batch_size=256,
         linger_ms=5,
     )
@@ -122,13 +124,23 @@ async def _aiokafka_send(bootstrap: str, topic: str, values: list[bytes]) -> tup
         await producer.stop()
 
 
-def _aiokafka(bootstrap: str, topic: str, tag: str, n: int) -> Outcome:
-    values = _values(tag, n)
-    acked, errors = asyncio.run(_aiokafka_send(bootstrap, topic, values))
-    return Outcome(values, acked, errors)
+def _aiokafka(codec: str | None) -> Callable[[str, str, str, int], Outcome]:
+    def produce(bootstrap: str, topic: str, tag: str, n: int) -> Outcome:
+        values = _values(tag, n)
+        acked, errors = asyncio.run(_aiokafka_send(bootstrap, topic, values, codec))
+        return Outcome(values, acked, errors)
+
+    return produce
 
 
-def _librdkafka(bootstrap: str, topic: str, tag: str, n: int) -> Outcome:
+def _librdkafka(codec: str) -> Callable[[str, str, str, int], Outcome]:
+    def produce(bootstrap: str, topic: str, tag: str, n: int) -> Outcome:
+        return _librdkafka_produce(bootstrap, topic, tag, n, codec)
+
+    return produce
+
+
+def _librdkafka_produce(bootstrap: str, topic: str, tag: str, n: int, codec: str) -> Outcome:
     """librdkafka with its default enable.idempotence=false, messages trickling in.
 
     As in test_retry_behaviour.py: a message every ~3 ms with linger.ms=5 and at most
@@ -153,7 +165,7 @@ def _librdkafka(bootstrap: str, topic: str, tag: str, n: int) -> Outcome:
             "linger.ms": 5,
             "batch.num.messages": 7,
             "acks": "all",
-            "compression.codec": "snappy",
+            "compression.codec": codec,
             "message.timeout.ms": 60000,
         }
     )
@@ -165,8 +177,15 @@ def _librdkafka(bootstrap: str, topic: str, tag: str, n: int) -> Outcome:
     return Outcome(values, acked, errors)
 
 
-def _java(bootstrap: str, topic: str, _tag: str, n: int) -> Outcome:
-    """VerifiableProducer (values ``<prefix>.<i>``, keyless), enable.idempotence=false, zstd."""
+def _java(codec: str) -> Callable[[str, str, str, int], Outcome]:
+    def produce(bootstrap: str, topic: str, tag: str, n: int) -> Outcome:
+        return _java_produce(bootstrap, topic, tag, n, codec)
+
+    return produce
+
+
+def _java_produce(bootstrap: str, topic: str, _tag: str, n: int, codec: str) -> Outcome:
+    """VerifiableProducer (values ``<prefix>.<i>``, keyless), enable.idempotence=false."""
     from integration.harness.java_tools import verifiable_producer
 
     prefix = random.randrange(10**6, 10**7)
@@ -180,7 +199,7 @@ def _java(bootstrap: str, topic: str, _tag: str, n: int) -> Outcome:
             "enable.idempotence": False,
             "retries": 2147483647,
             "max.in.flight.requests.per.connection": 1,
-            "compression.type": "zstd",
+            "compression.type": codec,
             "linger.ms": 5,
             "batch.size": 256,
             "request.timeout.ms": 10000,
@@ -208,11 +227,16 @@ def _external(
 CLIENTS: dict[str, Callable[[str, str, str, int], Outcome]] = {
     "kafka-python-none": _kafka_python(None),
     "kafka-python-gzip": _kafka_python("gzip"),
-    "aiokafka-lz4": _aiokafka,
-    "librdkafka-snappy": _librdkafka,
-    "java-zstd": _java,
+    "aiokafka-none": _aiokafka(None),
+    "aiokafka-lz4": _aiokafka("lz4"),
+    "librdkafka-none": _librdkafka("none"),
+    "librdkafka-snappy": _librdkafka("snappy"),
+    "java-none": _java("none"),
+    "java-zstd": _java("zstd"),
+    "kafkajs-none": _external(extclients.kafkajs_produce, "none", keyed=True),
     "kafkajs-gzip": _external(extclients.kafkajs_produce, "gzip", keyed=True),
     "kafka-go-none": _external(extclients.kafka_go_produce, "none"),
+    "kafka-go-zstd": _external(extclients.kafka_go_produce, "zstd"),
 }
 #: the clients also run on 3 nodes and on Tansu
 CLUSTER_CLIENTS = ("kafka-python-gzip", "librdkafka-snappy")
