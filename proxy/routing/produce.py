@@ -236,8 +236,8 @@ class ProduceHandler(BaseHandler):
         parts = [self._decide(view, _Part(p), client, now) for p in view.partitions()]
         sent = [part.p for part in parts if part.sent]
         replaced = {part.p: part.records for part in parts if part.records is not None}
-        if len(sent) == len(parts) and not replaced:
-            upstream = body
+        if len(sent) == len(parts):
+            upstream = view.with_records(replaced) if replaced else body
         else:
             upstream = view.rebuild(sent, records=replaced)
         if view.acks == 0:
