@@ -29,6 +29,7 @@ from __future__ import annotations
 
 from collections import OrderedDict, deque
 from collections.abc import Callable, Container, Iterable
+from itertools import islice
 from typing import Literal, NamedTuple, Protocol
 
 from proxy.errors import DecodeError
@@ -78,6 +79,10 @@ _PERMANENT: frozenset[int] = frozenset(
 #: Bytes counted per record in doubt beyond its digest: its object, index list and expiry
 #: queue entries (373 bytes held per record measured, tests/idempotence/test_stamp_memory.py).
 COPY_OVERHEAD = 360
+#: Bytes counted per line (client id and partition): its object, key and containers.
+LINE_OVERHEAD = 600
+#: Oldest lines looked at for batches and records to shed before whole lines are forgotten.
+_SHED_SCAN = 64
 #: Bytes counted per kept batch beyond its bytes.
 SENT_OVERHEAD = 200
 
@@ -330,6 +335,7 @@ class Stamper:
         pid = self._pids[client]
         if line is None:
             line = self._lines[key] = Line(client, tp, pid)
+            self.bytes += LINE_OVERHEAD
         else:
             self._lines.move_to_end(key)
             if line.pid < 0:  # its epoch ran out: the client's newer producer id
@@ -605,11 +611,23 @@ class Stamper:
                 self._give_up(s)
 
     def _trim(self) -> None:
-        """Over the byte budget: forget whole lines, least recently used first."""
+        """Over the byte budget: shed the least recently used lines' batches and records in
+        doubt, keeping their producer id, epoch and next sequence (so their next batch still
+        follows the broker's state); only when that is not enough, forget lines whole."""
+        if self.bytes <= self.max_bytes:
+            return
+        # A bounded look at the oldest lines, so a budget taken by lines alone costs no scan.
+        for line in list(islice(self._lines.values(), _SHED_SCAN)):
+            if line.queue or line.index:
+                self.evictions += 1
+                self._forget(line)
+                if self.bytes <= self.max_bytes:
+                    return
         while self.bytes > self.max_bytes and len(self._lines) > 1:
             _, line = self._lines.popitem(last=False)
             self.evictions += 1
             self._forget(line)
+            self.bytes -= LINE_OVERHEAD
 
     def _forget(self, line: Line) -> None:
         for copies in line.index.values():

@@ -102,7 +102,7 @@ def test_unresolved_batches_are_given_up_after_the_retry_window() -> None:
     assert ("unresolved", 1) in counts.stamped_
 
 
-def test_over_the_byte_budget_the_least_recently_used_partition_is_forgotten() -> None:
+def test_over_the_byte_budget_the_least_recently_used_partition_sheds_its_batches() -> None:
     s, _ = stamper(max_bytes=1 << 20)
     value = b"x" * 50_000
     for partition in range(40):
@@ -111,9 +111,25 @@ def test_over_the_byte_budget_the_least_recently_used_partition_is_forgotten() -
         s.lost(plan.send, T0)  # kept for a resend: its bytes count
     assert s.bytes <= 1 << 20
     assert s.evictions > 0
+    oldest = s.line("app", ("orders", 0))
+    assert oldest is not None, "the line stays: its sequencing follows the broker"
+    assert oldest.queue == []
+    assert oldest.next_seq == 1
+    newest = s.line("app", ("orders", 39))
+    assert newest is not None
+    assert newest.queue != []
+
+
+def test_lines_themselves_are_forgotten_when_shedding_is_not_enough() -> None:
+    s, _ = stamper(max_bytes=1 << 20)
+    for partition in range(3000):
+        plan = s.plan("app", ("orders", partition), plain_batch([b"v"]), 1, T0)
+        assert plan.send is not None
+        s.settle(plan.send, E.NONE, 0, T0)
+    assert s.bytes <= 1 << 20
     assert s.line("app", ("orders", 0)) is None
-    assert s.line("app", ("orders", 39)) is not None
-    assert s.lines == 40 - s.evictions
+    assert s.line("app", ("orders", 2999)) is not None
+    assert s.lines < 3000
 
 
 def test_a_batch_written_after_an_error_counts_its_earlier_batches_written() -> None:
