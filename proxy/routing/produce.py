@@ -11,6 +11,7 @@ or the broker's partition entries merged with the proxy's answers in request ord
 from __future__ import annotations
 
 import logging
+import struct
 from collections import deque
 from collections.abc import Iterable
 
@@ -32,7 +33,7 @@ from proxy.routing.session import Exchange, Output, Session
 from proxy.wire import codec
 from proxy.wire import error_codes as E
 from proxy.wire.apis import ApiKey
-from proxy.wire.batch import passes_broker_checks, single_batch_header
+from proxy.wire.batch import HEADER_SIZE, passes_broker_checks, single_batch_header
 from proxy.wire.frames import frame
 from proxy.wire.headers import peek_client_id
 from proxy.wire.produce import (
@@ -53,6 +54,7 @@ from proxy.wire.producer_ids import (
 )
 
 log = logging.getLogger("idemproxy.produce")
+_PRODUCER_ID = struct.Struct(">q")
 
 _UNTRACKED = Send(None)
 _OPAQUE = object()  # tag of a request forwarded without a plan
@@ -180,10 +182,14 @@ class ProduceHandler(BaseHandler):
             return False
         if not stamper.stamps(client, self._coord.clock_ms()):
             return False
+        body = view.body
         for p in view.partitions():
-            header = single_batch_header(view.records(p))
-            if header is not None and not header.has_producer_id and not header.is_control:
-                return True
+            # producerId int64 @43 of the batch: -1 without idempotence (batch.py's layout);
+            # read alone, as idempotent clients pass here on every request.
+            if p.records_end - p.records_start >= HEADER_SIZE:
+                (producer_id,) = _PRODUCER_ID.unpack_from(body, p.records_start + 43)
+                if producer_id < 0:
+                    return True
         return False
 
     def _ask_pid(self, exchange: Exchange, client: str, out: Output) -> bool:
