@@ -41,22 +41,41 @@ class FrameDecoder:
         resynchronisation point, so the connection must close).
         """
         buf = self._buf
-        buf += data
+        if buf:
+            buf += data
+            src: bytes | bytearray | memoryview = buf
+        else:
+            # Nothing pending (the common case): frames are cut straight from the bytes
+            # received, one copy each, and only a trailing partial frame is buffered.
+            src = data
         frames: list[bytes] = []
         pos = 0
-        end = len(buf)
-        while end - pos >= 4:
-            (size,) = _SIZE.unpack_from(buf, pos)
-            if size < 0:
-                raise FrameError(f"negative frame size {size}")
-            if size > self._max:
-                raise FrameTooLarge(f"frame size {size} exceeds the maximum of {self._max} bytes")
-            if end - pos - 4 < size:
-                break
-            frames.append(bytes(buf[pos + 4 : pos + 4 + size]))
-            pos += 4 + size
-        if pos:
-            del buf[:pos]
+        end = len(src)
+        view = memoryview(src)
+        try:
+            while end - pos >= 4:
+                (size,) = _SIZE.unpack_from(src, pos)
+                if size < 0:
+                    raise FrameError(f"negative frame size {size}")
+                if size > self._max:
+                    raise FrameTooLarge(
+                        f"frame size {size} exceeds the maximum of {self._max} bytes"
+                    )
+                if end - pos - 4 < size:
+                    break
+                frames.append(bytes(view[pos + 4 : pos + 4 + size]))
+                pos += 4 + size
+        except FrameError:
+            if src is not buf:
+                buf += view[pos:]  # the decoder holds what was sent, as on the buffered path
+            raise
+        finally:
+            view.release()
+        if src is buf:
+            if pos:
+                del buf[:pos]
+        elif pos < end:
+            buf += memoryview(src)[pos:]
         return frames
 
     def eof(self) -> None:
