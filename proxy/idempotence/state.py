@@ -122,8 +122,9 @@ class ProducerPartitionState:
         # The broker appends in offset order and keeps the newest batches
         # (ProducerStateEntry.addBatchMetadata); acknowledgements arrive in any order.
         b = self._batches
-        pos = self.size
-        for i in range(self.size):
+        size = len(b) // _STRIDE
+        pos = size
+        for i in range(size):
             at = i * _STRIDE
             same_range = b[at + _FIRST] == first_seq and b[at + _LAST] == last_seq
             same_base = b[at + _BASE] == base_offset
@@ -132,7 +133,7 @@ class ProducerPartitionState:
             if same_range:
                 pos = -1
                 break
-            if pos == self.size and b[at + _BASE] > base_offset:
+            if pos == size and b[at + _BASE] > base_offset:
                 pos = i
         if pos >= 0:
             at = pos * _STRIDE
