@@ -87,6 +87,9 @@ class ResponseTopic(NamedTuple):
 
 
 def _uvarint(buf: bytes, pos: int) -> tuple[int, int]:
+    first = buf[pos]  # IndexError past the end: turned into DecodeError by the callers
+    if first < 0x80:
+        return first, pos + 1  # one byte: every count and length below 128
     value = 0
     shift = 0
     while True:
@@ -102,6 +105,8 @@ def _uvarint(buf: bytes, pos: int) -> tuple[int, int]:
 
 def _skip_tags(buf: bytes, pos: int) -> tuple[int, bool]:
     """Skip a tagged-field section; also say whether tag 0 was present."""
+    if buf[pos] == 0:
+        return pos + 1, False  # no tagged fields: nearly always
     count, pos = _uvarint(buf, pos)
     tag0 = False
     for _ in range(count):
