@@ -7,12 +7,17 @@ label), never a producer id, client port or correlation id.
 from __future__ import annotations
 
 import time
+from bisect import bisect_left
 from collections.abc import Callable, Iterator
 from typing import get_args
 
 from kafka.protocol.api_key import ApiKey as KafkaApiKey
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client import CollectorRegistry, Counter, Gauge, Info
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+)
 from prometheus_client.registry import Collector
 
 from proxy import __version__
@@ -65,37 +70,6 @@ class Metrics:
             ["reason"],
             registry=r,
         )
-        self.requests = Counter(
-            "idemproxy_requests_total",
-            "Requests received from clients, by API.",
-            ["api"],
-            registry=r,
-        )
-        self.bytes = Counter(
-            "idemproxy_bytes_total",
-            "Bytes of Kafka frames moved, by direction (request: client to broker).",
-            ["direction"],
-            registry=r,
-        )
-        self.request_duration = Histogram(
-            "idemproxy_request_duration_seconds",
-            "Time from a client request arriving to its response leaving the proxy, by API.",
-            ["api"],
-            buckets=LATENCY_BUCKETS,
-            registry=r,
-        )
-        self.produce_batches = Counter(
-            "idemproxy_produce_batches_total",
-            "Produce record batches by what the proxy did with them.",
-            ["result"],
-            registry=r,
-        )
-        self.produce_records = Counter(
-            "idemproxy_produce_records_total",
-            "Records in produce batches, by what the proxy did with their batch.",
-            ["result"],
-            registry=r,
-        )
         self.non_idempotent_batches = Counter(
             "idemproxy_non_idempotent_batches_total",
             "Batches without a producer id, by what was done: stamp, pass (as they are) or reject.",
@@ -129,13 +103,6 @@ class Metrics:
             ["result"],
             registry=r,
         )
-        self.upstream_duration = Histogram(
-            "idemproxy_upstream_duration_seconds",
-            "Time from forwarding a request to the broker's response arriving, by API.",
-            ["api"],
-            buckets=LATENCY_BUCKETS,
-            registry=r,
-        )
         self.frames_refused = Counter(
             "idemproxy_frames_refused_total",
             "Client frames refused as bad input (the connection is closed), by reason.",
@@ -148,11 +115,10 @@ class Metrics:
             registry=r,
         )
         # Every known label value starts at 0, so rate() and increase() see the first event.
-        # Labelled children looked up once: .labels() takes a lock on every call (hot path).
-        self._by_result = {
-            result: (self.produce_batches.labels(result), self.produce_records.labels(result))
-            for result in PRODUCE_RESULTS
-        }
+        # The per-request families are plain integers read at scrape time (_HotCollector): a
+        # prometheus_client child takes a lock on every update, 8 us a request in all.
+        self._hot = _HotCollector()
+        r.register(self._hot)
         for action in ("stamp", "pass", "reject"):
             self.non_idempotent_batches.labels(action)
         self._stamped = {
@@ -164,21 +130,6 @@ class Metrics:
         self.connection_errors.labels("upstream_unreachable")
         for reason in REFUSAL_REASONS:
             self.frames_refused.labels(reason)
-        self._request_bytes = self.bytes.labels("request")
-        self._response_bytes = self.bytes.labels("response")
-        self._by_api: dict[int, tuple[Counter, Histogram, Histogram]] = {}
-
-    def _api(self, api_key: int) -> tuple[Counter, Histogram, Histogram]:
-        children = self._by_api.get(api_key)
-        if children is None:
-            name = api_name(api_key)
-            children = (
-                self.requests.labels(name),
-                self.request_duration.labels(name),
-                self.upstream_duration.labels(name),
-            )
-            self._by_api[api_key] = children
-        return children
 
     def watch_producer_state(
         self,
@@ -191,9 +142,9 @@ class Metrics:
 
     # ProduceObserver protocol of proxy.idempotence.coordinator
     def produce_batch(self, result: str, records: int) -> None:
-        batches, records_counter = self._by_result[result]
-        batches.inc()
-        records_counter.inc(records)
+        hot = self._hot
+        hot.batches[result] += 1
+        hot.records[result] += records
 
     def non_idempotent(self, action: str) -> None:
         self.non_idempotent_batches.labels(action).inc()
@@ -222,15 +173,17 @@ class Metrics:
 
     # Observer protocol of proxy.routing.session
     def request(self, api_key: int, size: int) -> None:
-        self._api(api_key)[0].inc()
-        self._request_bytes.inc(size)
+        hot = self._hot
+        hot.api(api_key).requests += 1
+        hot.request_bytes += size
 
     def response(self, api_key: int, size: int, started: float) -> None:
-        self._api(api_key)[1].observe(time.monotonic() - started)
-        self._response_bytes.inc(size)
+        hot = self._hot
+        hot.api(api_key).duration.observe(time.monotonic() - started)
+        hot.response_bytes += size
 
     def upstream(self, api_key: int, started: float) -> None:
-        self._api(api_key)[2].observe(time.monotonic() - started)
+        self._hot.api(api_key).upstream.observe(time.monotonic() - started)
 
 
 class _StateCollector(Collector):
@@ -297,3 +250,127 @@ class _StampCollector(Collector):
             "Partitions' stamping state forgotten to stay under --stamp-memory.",
             value=self._evictions(),
         )
+
+
+#: The `le` label of each bucket, as prometheus_client writes it.
+_LE = (*(repr(b) for b in LATENCY_BUCKETS), "+Inf")
+
+
+class _Histogram:
+    """Bucket counts as plain integers; cumulative only when scraped."""
+
+    __slots__ = ("counts", "sum")
+
+    def __init__(self) -> None:
+        self.counts = [0] * (len(LATENCY_BUCKETS) + 1)  # the last one is +Inf
+        self.sum = 0.0
+
+    def observe(self, value: float) -> None:
+        # Prometheus buckets are upper bounds (le): the first bound at or above the value.
+        self.counts[bisect_left(LATENCY_BUCKETS, value)] += 1
+        self.sum += value
+
+    def buckets(self) -> list[tuple[str, float]]:
+        out: list[tuple[str, float]] = []
+        total = 0
+        for bound, count in zip(_LE, self.counts, strict=True):
+            total += count
+            out.append((bound, total))
+        return out
+
+
+class _ApiCounts:
+    __slots__ = ("duration", "requests", "upstream")
+
+    def __init__(self) -> None:
+        self.requests = 0
+        self.duration = _Histogram()
+        self.upstream = _Histogram()
+
+
+class _HotCollector(Collector):
+    """The families updated on every request: requests, bytes, durations, produce results.
+
+    Updated from the event loop only, and scraped from it too (the metrics endpoint runs on
+    the proxy's loop), so plain integers need no lock. Same names, types and labels as the
+    prometheus_client families they replace.
+    """
+
+    def __init__(self) -> None:
+        self.request_bytes = 0
+        self.response_bytes = 0
+        self.batches = dict.fromkeys(PRODUCE_RESULTS, 0)
+        self.records = dict.fromkeys(PRODUCE_RESULTS, 0)
+        self._apis: dict[int, _ApiCounts] = {}
+        self._names: dict[int, str] = {}
+
+    def api(self, api_key: int) -> _ApiCounts:
+        counts = self._apis.get(api_key)
+        if counts is None:
+            counts = self._apis[api_key] = _ApiCounts()
+            self._names[api_key] = api_name(api_key)
+        return counts
+
+    def collect(self) -> Iterator[CounterMetricFamily | HistogramMetricFamily]:
+        by_name: dict[str, _ApiCounts] = {}
+        for key, counts in self._apis.items():
+            name = self._names[key]
+            merged = by_name.get(name)
+            if merged is None:
+                by_name[name] = counts
+            else:  # unknown API keys share one label
+                merged = _merge(merged, counts)
+                by_name[name] = merged
+        requests = CounterMetricFamily(
+            "idemproxy_requests", "Requests received from clients, by API.", labels=["api"]
+        )
+        duration = HistogramMetricFamily(
+            "idemproxy_request_duration_seconds",
+            "Time from a client request arriving to its response leaving the proxy, by API.",
+            labels=["api"],
+        )
+        upstream = HistogramMetricFamily(
+            "idemproxy_upstream_duration_seconds",
+            "Time from forwarding a request to the broker's response arriving, by API.",
+            labels=["api"],
+        )
+        for name, counts in sorted(by_name.items()):
+            requests.add_metric([name], counts.requests)
+            duration.add_metric([name], counts.duration.buckets(), counts.duration.sum)
+            upstream.add_metric([name], counts.upstream.buckets(), counts.upstream.sum)
+        yield requests
+        yield duration
+        yield upstream
+        moved = CounterMetricFamily(
+            "idemproxy_bytes",
+            "Bytes of Kafka frames moved, by direction (request: client to broker).",
+            labels=["direction"],
+        )
+        moved.add_metric(["request"], self.request_bytes)
+        moved.add_metric(["response"], self.response_bytes)
+        yield moved
+        batches = CounterMetricFamily(
+            "idemproxy_produce_batches",
+            "Produce record batches by what the proxy did with them.",
+            labels=["result"],
+        )
+        records = CounterMetricFamily(
+            "idemproxy_produce_records",
+            "Records in produce batches, by what the proxy did with their batch.",
+            labels=["result"],
+        )
+        for result in PRODUCE_RESULTS:
+            batches.add_metric([result], self.batches[result])
+            records.add_metric([result], self.records[result])
+        yield batches
+        yield records
+
+
+def _merge(a: _ApiCounts, b: _ApiCounts) -> _ApiCounts:
+    out = _ApiCounts()
+    out.requests = a.requests + b.requests
+    for name in ("duration", "upstream"):
+        x, y, z = getattr(a, name), getattr(b, name), getattr(out, name)
+        z.counts = [i + j for i, j in zip(x.counts, y.counts, strict=True)]
+        z.sum = x.sum + y.sum
+    return out
