@@ -78,12 +78,17 @@ class Plan:
     profile_seconds: float
     #: records of the warm-up run of each profile; the measured runs are sized from its rate
     warmup_records: dict[str, int]
+    #: warm every target up in every profile; False (quick): all targets in the first profile,
+    #: then only direct, whose warm-up rate sizes the runs
+    warm_all_profiles: bool = True
 
 
 DEFAULT = Plan(
     3, 10.0, 10.0, 6.0, 1.5, 1000, 1024, 5000, 15.0, {"large": 300_000, "small": 200_000}
 )
-QUICK = Plan(1, 4.0, 4.0, 2.0, 1.0, 1000, 1024, 1000, 5.0, {"large": 100_000, "small": 60_000})
+QUICK = Plan(
+    1, 4.0, 4.0, 2.0, 1.0, 1000, 1024, 1000, 5.0, {"large": 100_000, "small": 60_000}, False
+)
 
 
 def say(text: str = "") -> None:
@@ -438,9 +443,10 @@ class Bench:
             f"\nThroughput at saturation, 1 KB records ({plan.rounds} round(s), "
             f"~{plan.seconds:.0f} s a run)"
         )
-        for profile in PROFILES:
+        for i, profile in enumerate(PROFILES):
             say(f"  warm-up, {report.profile_label(profile, self.results)}:")
-            for target in self.targets:
+            warmed = self.targets if i == 0 or plan.warm_all_profiles else ["direct"]
+            for target in warmed:
                 row = self._perf(target, profile, plan.warmup_records[profile], None)
                 say(
                     f"    {target:13s} {row['mb_per_sec']:8.1f} MiB/s "
@@ -852,6 +858,7 @@ def main(
         state_requests=base.state_requests,
         profile_seconds=base.profile_seconds,
         warmup_records=base.warmup_records,
+        warm_all_profiles=base.warm_all_profiles,
     )
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     out = out or REPO / "results" / f"bench-{stamp}"
