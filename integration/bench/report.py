@@ -438,7 +438,9 @@ def markdown(results: dict[str, Any]) -> str:
         out += [
             "**--quick**: one round of short runs. The broker's and the producer's JIT is still "
             "warming up, so the broker is slower and the proxies' throughput ratios come out "
-            "closer to 1 than in the default run: a smoke check, not the figures to quote.",
+            "closer to 1 than in the default run, and Kroxylicious's JVM is far from warm (its "
+            "CPU per GB is inflated, so the comparison with it flatters idemproxy): a smoke "
+            "check, not the figures to quote.",
             "",
         ]
     if results["throughput"]:
