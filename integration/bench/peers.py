@@ -88,8 +88,23 @@ def ensure_libs(timeout: float = 600.0) -> Path:
     return libs
 
 
-def app_on_central(timeout: float = 120.0) -> str:
-    """What ``mvn dependency:get`` says of io.kroxylicious:kroxylicious-app (for the report)."""
+def app_on_central(timeout: float = 120.0, *, cached: bool = False) -> str:
+    """What ``mvn dependency:get`` says of io.kroxylicious:kroxylicious-app (for the report).
+
+    The answer is kept beside the runtime jars; ``cached`` (the quick mode) reuses it instead
+    of starting Maven again, which costs a few CPU seconds.
+    """
+    memo = libs_dir().parent / "app-on-central.txt"
+    if cached and memo.is_file():
+        return memo.read_text().strip() + " (checked earlier)"
+    answer = _app_on_central(timeout)
+    if "timed out" not in answer and "not on PATH" not in answer:
+        memo.parent.mkdir(parents=True, exist_ok=True)
+        memo.write_text(answer + "\n")
+    return answer
+
+
+def _app_on_central(timeout: float) -> str:
     mvn = shutil.which("mvn")
     if mvn is None:
         return "mvn not on PATH"

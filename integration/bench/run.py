@@ -81,13 +81,15 @@ class Plan:
     #: warm every target up in every profile; False (quick): all targets in the first profile,
     #: then only direct, whose warm-up rate sizes the runs
     warm_all_profiles: bool = True
+    #: ask Maven Central again whether kroxylicious-app is there (False: reuse the last answer)
+    recheck_central: bool = True
 
 
 DEFAULT = Plan(
     3, 10.0, 10.0, 6.0, 1.5, 1000, 1024, 5000, 15.0, {"large": 300_000, "small": 200_000}
 )
 QUICK = Plan(
-    1, 4.0, 4.0, 2.0, 1.0, 1000, 1024, 1000, 5.0, {"large": 100_000, "small": 60_000}, False
+    1, 4.0, 4.0, 2.0, 1.0, 1000, 1024, 1000, 4.0, {"large": 100_000, "small": 60_000}, False, False
 )
 
 
@@ -344,7 +346,7 @@ class Bench:
     def _start_kroxylicious(self, upstream: str) -> None:
         version = peers.version()
         say(f"  Kroxylicious {version}: checking Maven Central...")
-        central = peers.app_on_central()
+        central = peers.app_on_central(cached=not self.plan.recheck_central)
         peer = peers.Kroxylicious(upstream)
         try:
             peer.start()
@@ -859,6 +861,7 @@ def main(
         profile_seconds=base.profile_seconds,
         warmup_records=base.warmup_records,
         warm_all_profiles=base.warm_all_profiles,
+        recheck_central=base.recheck_central,
     )
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     out = out or REPO / "results" / f"bench-{stamp}"
