@@ -77,6 +77,11 @@ def memory_kb(pid: int) -> dict[str, int]:
     return out
 
 
+def host_steal() -> float:
+    """CPU seconds the hypervisor gave to other guests while this one wanted to run (steal)."""
+    return int(Path("/proc/stat").read_text().split(maxsplit=9)[8]) / CLK_TCK
+
+
 def host_cpu() -> tuple[float, float]:
     """(busy, total) CPU seconds of the whole host since boot, summed over CPUs (/proc/stat)."""
     first = Path("/proc/stat").read_text().splitlines()[0].split()
@@ -99,6 +104,9 @@ class CpuWindow:
     used: dict[str, float] | None = None
     host_busy: float = 0.0
     host_total: float = 0.0
+    steal_before: float = 0.0
+    #: CPU seconds stolen by the hypervisor during the window (included in host_busy)
+    host_steal: float = 0.0
 
     def _cpu(self, name: str, pid: int) -> float:
         return tree_cpu_seconds(pid) if name in self.trees else cpu_seconds(pid)
@@ -106,6 +114,7 @@ class CpuWindow:
     def start(self) -> CpuWindow:
         self.before = {name: self._cpu(name, pid) for name, pid in self.pids.items()}
         self.host_before = host_cpu()
+        self.steal_before = host_steal()
         return self
 
     def stop(self) -> CpuWindow:
@@ -116,6 +125,7 @@ class CpuWindow:
         }
         self.host_busy = busy - self.host_before[0]
         self.host_total = total - self.host_before[1]
+        self.host_steal = host_steal() - self.steal_before
         return self
 
 

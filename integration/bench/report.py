@@ -418,6 +418,15 @@ def _throughput_section(results: dict[str, Any]) -> list[str]:
         "relay or proxy uses is taken from the broker and the producer on the same cores, and "
         "its throughput ratio mostly reflects its CPU per byte.",
     ]
+    steal = [r for r in results["throughput"] if r.get("host_total") and "host_steal" in r]
+    if steal:
+        share = Spread.of([r["host_steal"] / r["host_total"] for r in steal])
+        out += [
+            "",
+            f"Hypervisor steal during the runs: {100 * share.median:.1f}% of the host's CPU time "
+            f"(median; highest {100 * share.high:.1f}%). On a shared virtual machine, figures "
+            "from different runs can differ by more than the gaps within one run.",
+        ]
     return out
 
 

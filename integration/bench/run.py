@@ -432,6 +432,7 @@ class Bench:
             "cpu": window.used,
             "host_busy": window.host_busy,
             "host_total": window.host_total,
+            "host_steal": window.host_steal,
         }
         if proxy_metric and self.proxy:
             row["bytes_forwarded"] = (
