@@ -88,8 +88,23 @@ def ensure_libs(timeout: float = 600.0) -> Path:
     return libs
 
 
-def app_on_central(timeout: float = 120.0) -> str:
-    """What ``mvn dependency:get`` says of io.kroxylicious:kroxylicious-app (for the report)."""
+def app_on_central(timeout: float = 120.0, *, cached: bool = False) -> str:
+    """What ``mvn dependency:get`` says of io.kroxylicious:kroxylicious-app (for the report).
+
+    The answer is kept beside the runtime jars; ``cached`` (the quick mode) reuses it instead
+    of starting Maven again, which costs a few CPU seconds.
+    """
+    memo = libs_dir().parent / "app-on-central.txt"
+    if cached and memo.is_file():
+        return memo.read_text().strip() + " (checked earlier)"
+    answer = _app_on_central(timeout)
+    if "timed out" not in answer and "not on PATH" not in answer:
+        memo.parent.mkdir(parents=True, exist_ok=True)
+        memo.write_text(answer + "\n")
+    return answer
+
+
+def _app_on_central(timeout: float) -> str:
     mvn = shutil.which("mvn")
     if mvn is None:
         return "mvn not on PATH"
@@ -182,3 +197,125 @@ class Kroxylicious:
             _proc.stop(self.proc, grace=10.0)
             self.proc = None
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+# -- socat: a plain C byte relay as the reference ------------------------------------------------
+
+#: socat reads up to this many bytes a read, as asyncio's selector transports do (256 KiB), and
+#: sets TCP_NODELAY on both sockets, as asyncio and the Kafka clients do: the same socket
+#: settings as idemproxy's, so the difference is what a Python proxy costs over a byte relay.
+SOCAT_BUFFER = 262144
+
+
+def ensure_socat(timeout: float = 300.0) -> str:
+    """The socat executable; installs Debian's socat with apt-get when it is missing (as root,
+    or with sudo), like the Makefile's ``install-test`` does for prometheus."""
+    found = shutil.which("socat")
+    if found:
+        return found
+    apt = shutil.which("apt-get")
+    if apt is None:
+        raise PeerUnavailable("socat is not installed and there is no apt-get to install it")
+    prefix: list[str] = []
+    if os.geteuid() != 0:
+        sudo = shutil.which("sudo")
+        if sudo is None:
+            raise PeerUnavailable("socat is not installed; apt-get needs root or sudo")
+        prefix = [sudo, "-n"]
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    steps = [
+        [*prefix, apt, "update", "-qq"],
+        [*prefix, apt, "install", "-y", "-qq", "--no-install-recommends", "socat"],
+    ]
+    for argv in steps:
+        try:
+            result = subprocess.run(
+                argv, capture_output=True, text=True, env=env, timeout=timeout, check=False
+            )
+        except subprocess.TimeoutExpired as exc:
+            raise PeerUnavailable(f"{' '.join(argv)} timed out after {timeout:.0f}s") from exc
+        if result.returncode != 0:
+            tail = "\n".join((result.stdout + result.stderr).splitlines()[-10:])
+            raise PeerUnavailable(f"{' '.join(argv)} failed (exit {result.returncode}):\n{tail}")
+    found = shutil.which("socat")
+    if found is None:
+        raise PeerUnavailable("apt-get installed socat but it is not on PATH")
+    return found
+
+
+def socat_version(executable: str) -> str:
+    result = subprocess.run([executable, "-V"], capture_output=True, text=True, check=False)
+    match = re.search(r"socat version (\S+)", result.stdout)
+    return match.group(1) if match else "unknown"
+
+
+class Socat:
+    """``socat`` relaying ``127.0.0.1:listen_port`` to ``127.0.0.1:upstream_port`` byte for
+    byte, one forked child per connection (``fork``): what a C relay per broker port costs.
+
+    It cannot rewrite the broker addresses in Metadata responses, so the broker itself must
+    advertise ``listen_port`` on the listener behind ``upstream_port`` (see the bench's
+    RELAY listener). Its CPU is the parent's plus its children's (:func:`measure.tree_cpu_seconds`).
+    """
+
+    def __init__(self, executable: str, listen_port: int, upstream_port: int) -> None:
+        self.executable = executable
+        self.listen_port = listen_port
+        self.upstream_port = upstream_port
+        self.dir = Path(tempfile.mkdtemp(prefix="idemproxy-bench-socat-"))
+        self.log_path = self.dir / "socat.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def argv(self) -> list[str]:
+        return [
+            self.executable,
+            "-b",
+            str(SOCAT_BUFFER),
+            f"TCP4-LISTEN:{self.listen_port},bind=127.0.0.1,reuseaddr,fork,backlog=128,nodelay",
+            f"TCP4:127.0.0.1:{self.upstream_port},nodelay",
+        ]
+
+    @property
+    def bootstrap(self) -> str:
+        return f"127.0.0.1:{self.listen_port}"
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def start(self, timeout: float = 10.0) -> Socat:
+        self.proc = _proc.spawn(self.argv, log=self.log_path, cwd=self.dir)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise PeerUnavailable(f"socat exited with {self.proc.returncode}:\n{self.log()}")
+            if _listening(self.listen_port):
+                return self
+            time.sleep(0.05)
+        self.stop()
+        raise PeerUnavailable(f"socat did not listen within {timeout:.0f}s:\n{self.log()}")
+
+    def log(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")[-20000:]
+        except OSError:
+            return ""
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            _proc.stop(self.proc, grace=5.0)
+            self.proc = None
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def _listening(port: int) -> bool:
+    """Whether something listens on 127.0.0.1:``port`` (from /proc/net/tcp, without connecting,
+    which would make socat fork a child that dials a broker not up yet)."""
+    want = f"0100007F:{port:04X}"
+    try:
+        lines = Path("/proc/net/tcp").read_text().splitlines()[1:]
+    except OSError:
+        return False
+    return any(line.split()[1] == want and line.split()[3] == "0A" for line in lines)

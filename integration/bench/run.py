@@ -22,11 +22,19 @@ from typing import Any
 import click
 
 from integration.bench import loads, measure, peers, profiling, report
-from integration.harness import Cluster, start_cluster
+from integration.harness import Cluster, KafkaCluster, _proc
 from integration.harness.kafka_dist import kafka_version
 from integration.proxy_process import REPO, ProxyProcess
 
-RECORD_SIZES = (1024, 100)
+RECORD_SIZE = 1024
+#: The request profiles of issue 10, measured with 1 KB records: large requests (256 KB
+#: batches, 5 ms linger) and small ones (the Java client's default 16 KB batches, no linger).
+#: They replace the 1 KB / 100 B record sizes of issue 5: both sizes times both profiles
+#: times four targets does not fit the quick mode's 3 minutes.
+PROFILES: dict[str, dict[str, str | int]] = {
+    "large": {"batch.size": 262144, "linger.ms": 5},
+    "small": {"batch.size": 16384, "linger.ms": 0},
+}
 TOPICS = {"throughput": "bench-throughput", "latency": "bench-latency", "state": "bench-state"}
 #: Broker JVM for throughput: the harness's flags favour start-up (C1 only, serial GC); later
 #: flags win, so these restore the C2 JIT and use G1 as kafka-server-start.sh does.
@@ -50,6 +58,8 @@ PRODUCER_PROPS: dict[str, str | int] = {
     "batch.size": 16384,
     "compression.type": "none",
 }
+#: py-spy profiles idemproxy under this request profile: the one where it costs most.
+PROFILE_PROFILED = "small"
 SMALL_PIDS = [9_000_000]
 LARGE_PIDS = list(range(10_000_000, 10_001_000))
 STATE_PARTITIONS = 10
@@ -66,12 +76,21 @@ class Plan:
     latency_size: int
     state_requests: int
     profile_seconds: float
-    #: records of the warm-up run of each size; the measured runs are sized from its rate
-    warmup_records: dict[int, int]
+    #: records of the warm-up run of each profile; the measured runs are sized from its rate
+    warmup_records: dict[str, int]
+    #: warm every target up in every profile; False (quick): all targets in the first profile,
+    #: then only direct, whose warm-up rate sizes the runs
+    warm_all_profiles: bool = True
+    #: ask Maven Central again whether kroxylicious-app is there (False: reuse the last answer)
+    recheck_central: bool = True
 
 
-DEFAULT = Plan(3, 10.0, 10.0, 6.0, 1.5, 1000, 1024, 5000, 15.0, {1024: 300_000, 100: 1_500_000})
-QUICK = Plan(1, 4.0, 5.0, 3.0, 1.0, 1000, 1024, 1000, 6.0, {1024: 150_000, 100: 600_000})
+DEFAULT = Plan(
+    3, 10.0, 10.0, 6.0, 1.5, 1000, 1024, 5000, 15.0, {"large": 300_000, "small": 200_000}
+)
+QUICK = Plan(
+    1, 4.0, 4.0, 2.0, 1.0, 1000, 1024, 1000, 4.0, {"large": 100_000, "small": 60_000}, False, False
+)
 
 
 def say(text: str = "") -> None:
@@ -132,8 +151,9 @@ class Bench:
         out: Path,
         *,
         kroxylicious: bool,
+        socat: bool,
         profile: bool,
-        producer_props: dict[str, str | int],
+        producer_overrides: dict[str, str | int],
         command: str,
     ) -> None:
         import confluent_kafka
@@ -143,14 +163,17 @@ class Bench:
         self.plan = plan
         self.out = out
         self.want_kroxylicious = kroxylicious
+        self.want_socat = socat
         self.want_profile = profile
-        self.producer_props = producer_props
+        #: --producer-prop values, applied over every profile and over the defaults
+        self.producer_overrides = dict(producer_overrides)
+        self.producer_props = {**PRODUCER_PROPS, **producer_overrides}
         self.stack = ExitStack()
         self.cluster: Cluster | None = None
         self.bootstraps: dict[str, str] = {}
         self.pids: dict[str, int] = {}
         self.proxy: ProxyProcess | None = None
-        self.payloads: dict[int, Path] = {}
+        self.payload: Path | None = None
         self.results: dict[str, Any] = {
             "meta": {
                 "started": datetime.now().isoformat(timespec="seconds"),
@@ -164,8 +187,14 @@ class Bench:
                 "kafka_version": kafka_version(),
                 "rounds": plan.rounds,
                 "plan": asdict(plan),
-                "record_sizes": list(RECORD_SIZES),
-                "producer_props": {"enable.idempotence": "true", "acks": "all", **producer_props},
+                "record_size": RECORD_SIZE,
+                "profiles": list(PROFILES),
+                "producer_props": {
+                    "enable.idempotence": "true",
+                    "acks": "all",
+                    **self.producer_props,
+                },
+                "profile_props": {name: self.profile_props(name) for name in PROFILES},
                 "producer_jvm_opts": list(loads.PERF_JVM_OPTS),
                 "broker_jvm_opts": list(BROKER_JVM_OPTS),
                 "num_records": {},
@@ -185,7 +214,12 @@ class Bench:
             "stamping": [],
             "profile": {},
             "kroxylicious": {},
+            "socat": {},
         }
+
+    def profile_props(self, profile: str) -> dict[str, str | int]:
+        """The producer properties of a request profile; --producer-prop values win."""
+        return {**PRODUCER_PROPS, **PROFILES[profile], **self.producer_overrides}
 
     # -- set-up -------------------------------------------------------------------------------
 
@@ -200,18 +234,18 @@ class Bench:
             say(f"WARNING: {busy:.2f} CPUs were already busy before the benchmark started")
         payload_dir = Path(tempfile.mkdtemp(prefix="idemproxy-bench-payloads-"))
         self.stack.callback(shutil.rmtree, payload_dir, ignore_errors=True)
-        self.payloads = {
-            size: loads.write_payload_file(payload_dir / f"{size}.txt", size)
-            for size in RECORD_SIZES
-        }
-        say("Starting Apache Kafka (1 KRaft node)...")
-        cluster = start_cluster(
-            "kafka",
+        self.payload = loads.write_payload_file(payload_dir / f"{RECORD_SIZE}.txt", RECORD_SIZE)
+        cluster = KafkaCluster(
             1,
             heap="1g",
             jvm_opts=BROKER_JVM_OPTS,
             config={"log.retention.check.interval.ms": 5000},
         )
+        socat = self._socat_before_broker(cluster) if self.want_socat else None
+        if not self.want_socat:
+            self.results["socat"] = {"status": "skipped", "note": "--no-socat"}
+        say("Starting Apache Kafka (1 KRaft node)...")
+        cluster.start()
         self.stack.callback(cluster.close)
         self.cluster = cluster
         for name, topic in TOPICS.items():
@@ -222,6 +256,14 @@ class Bench:
         if broker is not None:
             self.pids["broker"] = broker
         say(f"  broker at {cluster.bootstrap}")
+        if socat is not None:
+            self.bootstraps["socat"] = socat.bootstrap
+            self.pids["socat"] = socat.pid
+            self.results["meta"]["targets"].append("socat")
+            say(
+                f"  socat at {socat.bootstrap} -> broker listener RELAY at "
+                f"127.0.0.1:{socat.upstream_port} (pid {socat.pid})"
+            )
 
         proxy = self._proxy(cluster.bootstrap, "throughput")
         self.proxy = proxy
@@ -234,6 +276,62 @@ class Bench:
             self._start_kroxylicious(cluster.bootstrap)
         else:
             self.results["kroxylicious"] = {"status": "skipped", "note": "--no-kroxylicious"}
+
+    def _socat_before_broker(self, cluster: KafkaCluster) -> peers.Socat | None:
+        """Starts socat and gives the (not yet started) broker a second listener for it.
+
+        socat relays bytes and cannot rewrite the broker address in Metadata responses, so the
+        broker has two client listeners: PLAINTEXT (advertised as itself), used by direct,
+        idemproxy and Kroxylicious, and RELAY on its own port, advertised as socat's address.
+        A client bootstrapping through socat reaches RELAY and is told the broker is at socat,
+        so all its connections pass socat; the others never see socat. One broker for all.
+        """
+        try:
+            executable = peers.ensure_socat()
+        except peers.PeerUnavailable as exc:
+            self.results["socat"] = {"status": "unavailable", "note": f"Not measured: {exc}"}
+            say(f"  socat unavailable: {str(exc).splitlines()[0]}")
+            return None
+        host, port = cluster.address(1)
+        controller_port = cluster._nodes[1].controller_port  # noqa: SLF001 - the harness's port
+        relay_port, socat_port = _proc.free_ports(2)
+        socat = peers.Socat(executable, socat_port, relay_port)
+        try:
+            socat.start()  # before the broker, so that its port stays ours
+        except peers.PeerUnavailable as exc:
+            self.results["socat"] = {"status": "unavailable", "note": f"Not measured: {exc}"}
+            say(f"  socat unavailable: {str(exc).splitlines()[0]}")
+            return None
+
+        def stop() -> None:
+            (self.out / "socat.log").write_text(socat.log())
+            socat.stop()
+
+        self.stack.callback(stop)
+        listeners = {
+            "listeners": f"PLAINTEXT://{host}:{port},RELAY://{host}:{relay_port},"
+            f"CONTROLLER://{host}:{controller_port}",
+            "advertised.listeners": f"PLAINTEXT://{host}:{port},RELAY://{host}:{socat_port}",
+            "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,RELAY:PLAINTEXT,"
+            "CONTROLLER:PLAINTEXT",
+        }
+        cluster.extra_config.update(listeners)
+        version = peers.socat_version(executable)
+        self.results["socat"] = {
+            "status": "measured",
+            "version": version,
+            "argv": " ".join(socat.argv),
+            "broker_listeners": listeners,
+            "note": (
+                f"socat {version}, `{' '.join(['socat', *socat.argv[1:]])}`: one forked "
+                "process per connection, CPU of the parent and its children. The broker has a "
+                f"second listener RELAY on port {relay_port}, advertised as socat's address "
+                f"127.0.0.1:{socat_port}; clients bootstrapping through socat reach RELAY and "
+                "are sent back to socat, while direct, idemproxy and Kroxylicious use the "
+                "PLAINTEXT listener of the same broker."
+            ),
+        }
+        return socat
 
     def _proxy(self, upstream: str, name: str) -> ProxyProcess:
         proxy = ProxyProcess(upstream, extra=["--log-level", "info"]).start()
@@ -248,7 +346,7 @@ class Bench:
     def _start_kroxylicious(self, upstream: str) -> None:
         version = peers.version()
         say(f"  Kroxylicious {version}: checking Maven Central...")
-        central = peers.app_on_central()
+        central = peers.app_on_central(cached=not self.plan.recheck_central)
         peer = peers.Kroxylicious(upstream)
         try:
             peer.start()
@@ -291,7 +389,20 @@ class Bench:
 
     # -- throughput ---------------------------------------------------------------------------
 
-    def _perf(self, target: str, size: int, records: int, round_: int | None) -> dict[str, Any]:
+    def _window(self, watch: dict[str, int]) -> measure.CpuWindow:
+        return measure.CpuWindow(watch, trees=frozenset({"socat"}) & set(watch))
+
+    def _settle(self, target: str) -> None:
+        """Waits (up to 2 s) for socat's children of the closed connections to exit, so that
+        their CPU is in their parent's cutime/cstime when the window closes."""
+        if target != "socat":
+            return
+        deadline = time.monotonic() + 2.0
+        while time.monotonic() < deadline and measure.children(self.pids["socat"]):
+            time.sleep(0.05)
+
+    def _perf(self, target: str, profile: str, records: int, round_: int | None) -> dict[str, Any]:
+        size = RECORD_SIZE
         proxy_metric = target == "idemproxy" and self.proxy is not None
         watch = {k: v for k, v in self.pids.items() if k in ("broker", target)}
         before_bytes = (
@@ -299,18 +410,20 @@ class Bench:
             if proxy_metric and self.proxy
             else 0.0
         )
-        window = measure.CpuWindow(watch).start()
+        window = self._window(watch).start()
         result = loads.producer_performance(
             self.bootstraps[target],
             TOPICS["throughput"],
             records,
             record_size=size,
-            payload_file=self.payloads[size],
-            producer_props=self.producer_props,
+            payload_file=self.payload,
+            producer_props=self.profile_props(profile),
         )
+        self._settle(target)
         window.stop()
         row: dict[str, Any] = {
             "target": target,
+            "profile": profile,
             "record_size": size,
             "round": round_,
             **asdict(result),
@@ -319,6 +432,7 @@ class Bench:
             "cpu": window.used,
             "host_busy": window.host_busy,
             "host_total": window.host_total,
+            "host_steal": window.host_steal,
         }
         if proxy_metric and self.proxy:
             row["bytes_forwarded"] = (
@@ -328,30 +442,34 @@ class Bench:
 
     def throughput(self) -> None:
         plan = self.plan
-        say(f"\nThroughput at saturation ({plan.rounds} round(s), ~{plan.seconds:.0f} s a run)")
-        for size in RECORD_SIZES:
-            say(f"  warm-up, {report.SIZE_LABELS[size]} records:")
-            for target in self.targets:
-                row = self._perf(target, size, plan.warmup_records[size], None)
+        say(
+            f"\nThroughput at saturation, 1 KB records ({plan.rounds} round(s), "
+            f"~{plan.seconds:.0f} s a run)"
+        )
+        for i, profile in enumerate(PROFILES):
+            say(f"  warm-up, {report.profile_label(profile, self.results)}:")
+            warmed = self.targets if i == 0 or plan.warm_all_profiles else ["direct"]
+            for target in warmed:
+                row = self._perf(target, profile, plan.warmup_records[profile], None)
                 say(
                     f"    {target:13s} {row['mb_per_sec']:8.1f} MiB/s "
                     f"{row['records_per_sec']:10.0f} rec/s"
                 )
                 if target == "direct":
                     records = int(row["records_per_sec"] * plan.seconds)
-                    self.results["meta"]["num_records"][size] = max(records, 10_000)
+                    self.results["meta"]["num_records"][profile] = max(records, 10_000)
         for r in range(plan.rounds):
-            for size in RECORD_SIZES:
-                records = self.results["meta"]["num_records"][size]
+            for profile in PROFILES:
+                records = self.results["meta"]["num_records"][profile]
                 for target in _rotate(self.targets, r):
-                    row = self._perf(target, size, records, r)
+                    row = self._perf(target, profile, records, r)
                     self.results["throughput"].append(row)
                     extra = ""
-                    if row.get("bytes_forwarded"):
-                        cpu = row["cpu"][target]
-                        extra = f", proxy {cpu / (row['bytes_forwarded'] / 1e9):.2f} CPU s/GB"
+                    cpu = (row["cpu"] or {}).get(target)
+                    if cpu is not None:
+                        extra = f", {cpu / (row['payload_bytes'] / 1e9):.2f} CPU s/GB"
                     say(
-                        f"  round {r + 1} {report.SIZE_LABELS[size]:>5s} {target:13s} "
+                        f"  round {r + 1} {profile:5s} {target:13s} "
                         f"{row['mb_per_sec']:8.1f} MiB/s {row['records_per_sec']:10.0f} rec/s "
                         f"p99 {row['p99_ms']:.0f} ms{extra}"
                     )
@@ -387,8 +505,8 @@ class Bench:
             "pass": passing.bootstrap,
         }
         pids = {"stamp": self.pids["idemproxy"], "pass": passing.pid}
-        size = 1024
-        records = self.results["meta"]["num_records"].get(size) or int(30_000 * plan.seconds)
+        size = RECORD_SIZE
+        records = self.results["meta"]["num_records"].get("small") or int(30_000 * plan.seconds)
         props = {**self.producer_props, "enable.idempotence": "false", "acks": "all"}
         say(f"\nStamp mode beside pass mode (non-idempotent producer, {records:,} x 1 KB)")
         for r in range(plan.rounds):
@@ -404,7 +522,7 @@ class Bench:
                     TOPICS["throughput"],
                     records,
                     record_size=size,
-                    payload_file=self.payloads[size],
+                    payload_file=self.payload,
                     producer_props=props,
                 )
                 window.stop()
@@ -561,7 +679,7 @@ class Bench:
         rate = 250
         say(
             f"\nProfiling idemproxy with py-spy ({seconds:.0f} s collapsed + {seconds:.0f} s "
-            "flame graph) under a 1 KB ProducerPerformance load"
+            f"flame graph) under a 1 KB ProducerPerformance load, {PROFILE_PROFILED} requests"
         )
         try:
             profiling.py_spy()
@@ -571,12 +689,12 @@ class Bench:
         proxied = [
             r
             for r in self.results["throughput"]
-            if r["target"] == "idemproxy" and r["record_size"] == 1024
+            if r["target"] == "idemproxy" and r["profile"] == PROFILE_PROFILED
         ]
         rate_rps = (
             measure.Spread.of([r["records_per_sec"] for r in proxied]).median if proxied else 50_000
         )
-        records = int(rate_rps * (2 * seconds + 10))
+        records = int(rate_rps * (2 * seconds + 7))
         failure: list[BaseException] = []
 
         def load() -> None:
@@ -585,9 +703,9 @@ class Bench:
                     self.bootstraps["idemproxy"],
                     TOPICS["throughput"],
                     records,
-                    record_size=1024,
-                    payload_file=self.payloads[1024],
-                    producer_props=self.producer_props,
+                    record_size=RECORD_SIZE,
+                    payload_file=self.payload,
+                    producer_props=self.profile_props(PROFILE_PROFILED),
                     timeout=600,
                 )
             except BaseException as exc:  # reported below
@@ -613,6 +731,7 @@ class Bench:
         self.results["profile"] = {
             "seconds": seconds,
             "rate": rate,
+            "request_profile": PROFILE_PROFILED,
             "samples": summary.samples,
             "by_self": [asdict(h) for h in summary.by_self],
             "by_total": [asdict(h) for h in summary.by_total],
@@ -647,7 +766,7 @@ def _timer(label: str) -> Iterator[None]:
 
 
 def _parse_props(values: tuple[str, ...]) -> dict[str, str | int]:
-    props: dict[str, str | int] = dict(PRODUCER_PROPS)
+    props: dict[str, str | int] = {}
     for value in values:
         key, sep, val = value.partition("=")
         if not sep:
@@ -657,7 +776,7 @@ def _parse_props(values: tuple[str, ...]) -> dict[str, str | int]:
 
 
 @click.command()
-@click.option("--quick", is_flag=True, help="One round, short runs (~2 minutes).")
+@click.option("--quick", is_flag=True, help="One round, short runs (under 3 minutes).")
 @click.option("--rounds", type=int, help="Rounds of every measurement (default 3, quick 1).")
 @click.option("--seconds", type=float, help="Target length of each throughput run.")
 @click.option("--latency-seconds", type=float, help="Length of each latency run.")
@@ -665,7 +784,13 @@ def _parse_props(values: tuple[str, ...]) -> dict[str, str | int]:
     "--kroxylicious/--no-kroxylicious",
     default=True,
     show_default=True,
-    help="Measure Kroxylicious as a third column.",
+    help="Measure Kroxylicious as a peer proxy.",
+)
+@click.option(
+    "--socat/--no-socat",
+    default=True,
+    show_default=True,
+    help="Measure socat, a C byte relay (installed with apt-get when missing), as the reference.",
 )
 @click.option(
     "--profile/--no-profile", default=True, show_default=True, help="Profile idemproxy with py-spy."
@@ -681,7 +806,7 @@ def _parse_props(values: tuple[str, ...]) -> dict[str, str | int]:
     "producer_prop",
     multiple=True,
     metavar="KEY=VALUE",
-    help="ProducerPerformance producer property (repeatable).",
+    help="ProducerPerformance producer property, over both request profiles (repeatable).",
 )
 @click.option(
     "--out",
@@ -700,21 +825,26 @@ def main(
     seconds: float | None,
     latency_seconds: float | None,
     kroxylicious: bool,
+    socat: bool,
     profile: bool,
     only: tuple[str, ...],
     producer_prop: tuple[str, ...],
     out: Path | None,
     report_from: Path | None,
 ) -> None:
-    """Benchmark idemproxy against a real Apache Kafka broker, direct and through the proxy.
+    """Benchmark idemproxy against a real Apache Kafka broker: direct, through socat (a C byte
+    relay, the reference), through idemproxy and through Kroxylicious.
 
-    Throughput at saturation (1 KB and 100 B records), single-send latency percentiles at a
-    fixed rate, proxy CPU per GB, peak RSS and per-batch cost with 10 and 10,000 tracked
-    producer-partitions, and a py-spy profile; writes results.md, results.json and bench.png.
+    Throughput at saturation with 1 KB records in two request profiles (large: batch.size
+    262144, linger.ms 5; small: batch.size 16384, linger.ms 0), CPU per GB of each relay or
+    proxy, single-send latency percentiles at a fixed rate, peak RSS and per-batch cost with 10
+    and 10,000 tracked producer-partitions, stamp mode beside pass mode, and a py-spy profile;
+    prints the targets of issue 10 as met or MISSED; writes results.md, results.json and
+    bench.png.
     """
     logging.getLogger("kafka").setLevel(logging.CRITICAL)
     if report_from is not None:
-        results = json.loads((report_from / "results.json").read_text())
+        results = report.normalise(json.loads((report_from / "results.json").read_text()))
         write_outputs(results, report_from)
         for line in report.ratio_lines(results):
             say(line)
@@ -731,6 +861,8 @@ def main(
         state_requests=base.state_requests,
         profile_seconds=base.profile_seconds,
         warmup_records=base.warmup_records,
+        warm_all_profiles=base.warm_all_profiles,
+        recheck_central=base.recheck_central,
     )
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     out = out or REPO / "results" / f"bench-{stamp}"
@@ -742,7 +874,8 @@ def main(
         out,
         kroxylicious=kroxylicious,
         profile=profile,
-        producer_props=_parse_props(producer_prop),
+        socat=socat,
+        producer_overrides=_parse_props(producer_prop),
         command=command.strip(),
     )
     bench.results["meta"]["quick"] = quick
