@@ -1,4 +1,6 @@
-"""Pure idempotence engine: answers duplicate produce retries exactly as the broker would."""
+"""Pure idempotence: the engine answers idempotent producers' retries exactly as the broker
+would (engine.py); the stamper makes producers without idempotence idempotent on the wire
+(stamping.py)."""
 
 from proxy.idempotence.decisions import (
     NOT_APPENDED_ERRORS,
@@ -16,6 +18,7 @@ from proxy.idempotence.decisions import (
     Unknown,
 )
 from proxy.idempotence.engine import IdempotenceEngine
+from proxy.idempotence.stamping import Stamper
 from proxy.wire.batch import in_sequence, last_sequence
 
 __all__ = [
@@ -30,6 +33,7 @@ __all__ = [
     "IdempotenceEngine",
     "Outcome",
     "Reject",
+    "Stamper",
     "Success",
     "TopicPartition",
     "Unknown",

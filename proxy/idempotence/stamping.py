@@ -28,7 +28,7 @@ The rules, as the README's "Producers without idempotence" states them:
 from __future__ import annotations
 
 from collections import OrderedDict, deque
-from collections.abc import Callable, Container, Iterable
+from collections.abc import Container, Iterable
 from itertools import islice
 from typing import Literal, NamedTuple, Protocol
 
@@ -661,6 +661,3 @@ class Stamper:
 
 def _after(sent: Sent) -> int:
     return (sent.base_seq + sent.count) % (INT32_MAX + 1)
-
-
-Clock = Callable[[], int]
