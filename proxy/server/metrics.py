@@ -247,7 +247,8 @@ class _StampCollector(Collector):
         )
         yield CounterMetricFamily(
             "idemproxy_stamp_state_evictions",
-            "Partitions' stamping state forgotten to stay under --stamp-memory.",
+            "Partitions whose kept batches and records in doubt were shed (past that, whose line "
+            "was forgotten) to stay under --stamp-memory.",
             value=self._evictions(),
         )
 
