@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import ssl
 import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
@@ -212,12 +211,15 @@ class Link:
         self.proxy.metrics.upstream_connections.dec()
         unanswered = self.session.awaiting_upstream
         if (
-            isinstance(exc, ssl.SSLError)
+            self.proxy.upstream_tls is not None
+            and exc is not None
+            and is_handshake_failure(exc)
             and not self._upstream_spoke
             and self.upstream_target is not None
         ):
             # With TLS 1.3 the broker checks the client certificate after the client's side of
-            # the handshake is done: its refusal arrives as an alert on the first read.
+            # the handshake is done: its refusal arrives as an alert on the first read (or as
+            # a reset, when the broker closes with our first request unread).
             self.proxy.metrics.connection_errors.labels("upstream_tls").inc()
             log.warning(
                 "upstream TLS handshake failed, closing client connection",

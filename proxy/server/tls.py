@@ -133,7 +133,7 @@ def upstream_context(
 
 
 def _why(exc: BaseException) -> str:
-    if isinstance(exc, ssl.SSLError) and exc.reason:
+    if isinstance(exc, ssl.SSLError) and getattr(exc, "reason", None):
         return str(exc.reason).lower().replace("_", " ")
     if isinstance(exc, OSError) and exc.strerror:
         return exc.strerror
@@ -155,7 +155,7 @@ def failure_reason(exc: BaseException) -> str:
     if isinstance(exc, ssl.SSLCertVerificationError):
         return _VERIFY_CODES.get(exc.verify_code, "certificate_verify_failed")
     if isinstance(exc, ssl.SSLError):
-        return _ALERTS.get(str(exc.reason), "handshake_failed")
+        return _ALERTS.get(str(getattr(exc, "reason", None)), "handshake_failed")
     return "handshake_failed"
 
 
@@ -163,7 +163,7 @@ def describe_failure(exc: BaseException) -> str:
     """A short human explanation, e.g. ``certificate has expired`` (for logs and /readyz)."""
     if isinstance(exc, ssl.SSLCertVerificationError) and exc.verify_message:
         return str(exc.verify_message)
-    if isinstance(exc, ssl.SSLError) and exc.reason:
+    if isinstance(exc, ssl.SSLError) and getattr(exc, "reason", None):
         return str(exc.reason).lower().replace("_", " ")
     if isinstance(exc, ConnectionError | EOFError):
         return "connection closed by the broker during the handshake"
