@@ -71,7 +71,7 @@ class Link:
         #: Frames for the broker produced before the upstream connection was up (reading is
         #: paused meanwhile, but a transport may deliver what it had already read).
         self._early: list[bytes] = []
-        #: The broker this link is connected to, once connected.
+        #: The broker this link connects (or is connected) to.
         self.upstream_target: Address | None = None
         #: Whether the broker has sent anything (after that, a TLS error is not a handshake's).
         self._upstream_spoke = False
