@@ -97,26 +97,29 @@ def _readyz(proxy: ProxyProcess) -> tuple[int, str]:
         return err.code, err.read().decode()
 
 
-def _events(proxy: ProxyProcess, msg: str) -> list[dict[str, object]]:
+def _events(proxy: ProxyProcess, msg: str, peer: str | None = None) -> list[dict[str, object]]:
+    """The proxy's log events with message msg (about client peer, when given)."""
     events = []
     for line in proxy.log().splitlines():
         if line.startswith("{"):
             event = json.loads(line)
-            if event.get("msg") == msg:
+            if event.get("msg") == msg and peer in (None, event.get("peer")):
                 events.append(event)
     return events
 
 
-def _client_sees_close(proxy: ProxyProcess) -> bytes:
-    """A plaintext Kafka client's ApiVersions through the proxy: what comes back before EOF."""
+def _client_sees_close(proxy: ProxyProcess) -> tuple[bytes, str]:
+    """A plaintext Kafka client's ApiVersions through the proxy: what comes back before EOF,
+    and the client's address (as the proxy logs it)."""
     client_id = b"tls-test"
     body = struct.pack(">hhih", 18, 0, 1, len(client_id)) + client_id
     with socket.create_connection(("127.0.0.1", proxy.listen_port), timeout=15) as sock:
+        peer = "{}:{}".format(*sock.getsockname())
         sock.sendall(struct.pack(">i", len(body)) + body)
         received = b""
         while chunk := sock.recv(4096):
             received += chunk
-        return received
+        return received, peer
 
 
 def test_produce_consume_and_a_lost_ack_over_upstream_tls(rig: TLSRig, topic_name: str) -> None:
@@ -177,11 +180,14 @@ def test_failed_handshake_closes_the_client_logs_once_and_fails_readyz(
     listener, ca, reasons = FAILURES[case]
     broker = "{}:{}".format(*rig.cluster.listener_address(listener, 1))
     with _proxy(rig.bootstrap(listener), "--upstream-ca", str(rig.files[ca])) as proxy:
-        assert _client_sees_close(proxy) == b"", "the client's connection is closed unanswered"
+        received, peer = _client_sees_close(proxy)
+        assert received == b"", "the client's connection is closed unanswered"
+        # One line for this client's connection (ProxyProcess.start's own check that the
+        # proxy listens is a connection too, and gets its line).
         deadline = time.monotonic() + 10
-        while not _events(proxy, HANDSHAKE_FAILED) and time.monotonic() < deadline:
+        while not _events(proxy, HANDSHAKE_FAILED, peer) and time.monotonic() < deadline:
             time.sleep(0.05)
-        (event,) = _events(proxy, HANDSHAKE_FAILED)
+        (event,) = _events(proxy, HANDSHAKE_FAILED, peer)
         reason = str(event["reason"])
         assert reason.startswith(f"{broker}: "), reason
         named = reason.removeprefix(f"{broker}: ").split(" ", 1)[0]
@@ -195,4 +201,4 @@ def test_failed_handshake_closes_the_client_logs_once_and_fails_readyz(
         assert proxy.proc.poll() is None, "the proxy stays up"
         assert proxy.metric("idemproxy_tls_handshake_failures_total", side="upstream") >= 1
         assert proxy.metric("idemproxy_upstream_up") == 0
-        assert proxy.metric("idemproxy_connection_errors_total", reason="upstream_tls") == 1
+        assert proxy.metric("idemproxy_connection_errors_total", reason="upstream_tls") >= 1
