@@ -12,7 +12,7 @@ import logging
 import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import click
 
@@ -35,6 +35,8 @@ EXIT_CONFIG_ERROR = 2
 EXIT_INTERRUPTED = 130
 
 _F = Callable[..., object]
+#: Options given on the command line as flags without a value.
+_FLAGS = frozenset({"upstream_tls"})
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -47,12 +49,17 @@ def main() -> None:
 
 def _serve_options(f: _F) -> _F:
     for option in reversed(OPTIONS.values()):
+        # A flag gives "true" (parsed like IDEMPROXY_UPSTREAM_TLS=true); absent is None.
+        flag: dict[str, Any] = (
+            {"is_flag": True, "flag_value": "true"} if option.name in _FLAGS else {}
+        )
         f = click.option(
             option.flag,
             option.name,
             metavar=option.metavar,
             multiple=option.name == "upstream",
             default=None,
+            **flag,
             help=option.help
             + (" Repeatable." if option.name == "upstream" else "")
             + f" [env: {option.env_var}]",

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Literal, cast
 
 from proxy.address import Address
+from proxy.server.tls import TLSSetupError, upstream_context
 
 __all__ = [
     "DEFAULT_LISTEN",
@@ -92,6 +93,17 @@ class ProxyConfig:
     producer_state_expiry: int = 86_400_000
     """Milliseconds of inactivity after which a producer's state is forgotten
     (like the broker's ``producer.id.expiration.ms``)."""
+    upstream_tls: bool = False
+    """Connect to the brokers over TLS (bootstrap, broker and probe connections)."""
+    upstream_ca: Path | None = None
+    """PEM bundle of the CAs trusted for the brokers' certificates; None: the system's."""
+    upstream_cert: Path | None = None
+    """Client certificate (PEM) presented to brokers that require one (mTLS)."""
+    upstream_key: Path | None = None
+    """Private key (PEM) of upstream_cert."""
+    upstream_server_name: str | None = None
+    """Name verified in every broker's certificate (and sent as SNI) instead of the host
+    connected to."""
     log_level: LogLevel = "info"
     log_format: LogFormat = "text"
     shutdown_timeout: float = 10.0
@@ -232,6 +244,48 @@ def _advertised_host(raw: object) -> str:
     if _is_wildcard(text):
         raise ValueError(f"{text!r} is a wildcard address clients cannot connect to")
     return text
+
+
+def _boolean(raw: object) -> bool:
+    if isinstance(raw, bool):
+        return raw
+    text = _as_text(raw, "true or false").strip().lower()
+    if text in ("true", "1", "yes", "on"):
+        return True
+    if text in ("false", "0", "no", "off"):
+        return False
+    raise ValueError(f"expected true or false, got {raw!r}")
+
+
+def _readable_file(raw: object) -> Path:
+    """A path to a file that can be read now (certificates are read once, at start)."""
+    text = _as_text(raw, "a file path").strip()
+    if not text:
+        raise ValueError("expected a file path, got an empty string")
+    path = Path(text).expanduser()
+    try:
+        with path.open("rb") as f:
+            f.read(1)
+    except OSError as e:
+        raise ValueError(f"cannot read {path}: {e.strerror or e}") from None
+    return path
+
+
+def _server_name(raw: object) -> str:
+    text = _as_text(raw, "a host name").strip()
+    if not text:
+        raise ValueError("must not be empty")
+    if not _HOSTNAME_RE.fullmatch(text) and not _is_ip(text):
+        raise ValueError(f"invalid host name {raw!r}")
+    return text
+
+
+def _is_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _integer(low: int, high: int) -> Callable[[object], int]:
@@ -410,6 +464,40 @@ OPTIONS: dict[str, Option] = {
             f"smaller one [default: {_default('producer_state_expiry')}].",
         ),
         Option(
+            "upstream_tls",
+            _boolean,
+            "",
+            "Connect to the brokers over TLS, verifying each broker's certificate and host "
+            "name [default: off].",
+        ),
+        Option(
+            "upstream_ca",
+            _readable_file,
+            "FILE",
+            "PEM bundle of the CAs trusted for the brokers' certificates "
+            "[default: the system's trust store].",
+        ),
+        Option(
+            "upstream_cert",
+            _readable_file,
+            "FILE",
+            "Client certificate (PEM) for brokers that require one (mTLS); needs "
+            "--upstream-key [default: none].",
+        ),
+        Option(
+            "upstream_key",
+            _readable_file,
+            "FILE",
+            "Private key (PEM, unencrypted) of --upstream-cert [default: none].",
+        ),
+        Option(
+            "upstream_server_name",
+            _server_name,
+            "NAME",
+            "Name verified in every broker's certificate and sent as SNI [default: the host "
+            "connected to: the bootstrap host, or the broker's advertised host].",
+        ),
+        Option(
             "log_level",
             _choice("debug", "info", "warning", "error"),
             "debug|info|warning|error",
@@ -480,6 +568,9 @@ def load_config(
     ``config_file_source`` says where ``config_file`` was named (for the error when it
     cannot be read), e.g. ``"environment variable IDEMPROXY_CONFIG"``.
 
+    With ``upstream_tls``, the CA bundle and client certificate files are loaded once to
+    check them (certificates are read at start only).
+
     Raises :class:`ConfigError` for the first problem found.
     """
     unknown = set(cli_values) - set(OPTIONS)
@@ -537,7 +628,39 @@ def load_config(
             )
         values["broker_port_base"] = listen.port + 1
 
+    _check_upstream_tls(values, sources)
     return ProxyConfig(**values)  # type: ignore[arg-type]
+
+
+_TLS_DETAILS = ("upstream_ca", "upstream_cert", "upstream_key", "upstream_server_name")
+
+
+def _check_upstream_tls(values: Mapping[str, object], sources: Mapping[str, str]) -> None:
+    """The --upstream-* TLS settings make sense together, and their files load."""
+    if not values.get("upstream_tls"):
+        for name in _TLS_DETAILS:
+            if name in values:
+                raise ConfigError(name, sources[name], "has no effect without --upstream-tls")
+        return
+    cert, key = values.get("upstream_cert"), values.get("upstream_key")
+    if (cert is None) != (key is None):
+        given, missing = (
+            ("upstream_cert", "upstream_key") if key is None else ("upstream_key", "upstream_cert")
+        )
+        flag = "--" + missing.replace("_", "-")
+        raise ConfigError(
+            given,
+            sources[given],
+            f"needs {flag} too (a client certificate needs both a certificate and its key)",
+        )
+    try:
+        upstream_context(
+            cast(Path | None, values.get("upstream_ca")),
+            cast(Path | None, cert),
+            cast(Path | None, key),
+        )
+    except TLSSetupError as e:
+        raise ConfigError(e.option, sources.get(e.option, SOURCE_DEFAULT), e.reason) from None
 
 
 def misspelled_env_vars(environ: Mapping[str, str]) -> list[tuple[str, str]]:

@@ -29,7 +29,7 @@ import subprocess
 import time
 import uuid
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import _proc, _wire
@@ -73,6 +73,8 @@ class _Node:
     controller_port: int
     dir: Path
     proc: subprocess.Popen[bytes] | None = None
+    #: Port of each extra listener (``listeners=`` of KafkaCluster), by listener name.
+    extra_ports: dict[str, int] = field(default_factory=dict)
 
     @property
     def props(self) -> Path:
@@ -108,11 +110,22 @@ class KafkaCluster(Cluster):
         jvm_opts: Sequence[str] = (),
         start_timeout: float | None = None,
         advertised_host: str = HOST,
+        listeners: Mapping[str, str] | None = None,
     ) -> None:
         """advertised_host: the address brokers hand out (another loopback address puts a
-        relay of the test's, such as integration.faults, in front of every broker port)."""
+        relay of the test's, such as integration.faults, in front of every broker port).
+
+        listeners: extra client listeners, name -> security protocol (``{"TLS": "SSL"}``),
+        each on a port of its own on every node and advertised beside PLAINTEXT (which stays
+        the inter-broker listener and the one the harness checks readiness on); settings
+        for one go in ``config`` under ``listener.name.<lower-case name>.``.
+        """
         if nodes < 1:
             raise ValueError("nodes must be >= 1")
+        self.extra_listeners = dict(listeners or {})
+        for name in self.extra_listeners:
+            if name.upper() != name or name in ("PLAINTEXT", "CONTROLLER"):
+                raise ValueError(f"extra listener names are upper case and new, got {name!r}")
         self.size = nodes
         self.heap = heap
         self.extra_config = dict(config or {})
@@ -121,11 +134,15 @@ class KafkaCluster(Cluster):
         self.start_timeout = start_timeout if start_timeout is not None else _start_timeout()
         self.cluster_id = new_cluster_id()
         self.work_dir = _proc.make_work_dir(f"idemproxy-kafka{nodes}-")
-        ports = _proc.free_ports(2 * nodes)
+        extra = len(self.extra_listeners)
+        ports = _proc.free_ports((2 + extra) * nodes)
         self._nodes = {
             i: _Node(i, ports[2 * (i - 1)], ports[2 * (i - 1) + 1], self.work_dir / f"node-{i}")
             for i in range(1, nodes + 1)
         }
+        spare = iter(ports[2 * nodes :])
+        for node in self._nodes.values():
+            node.extra_ports = {name: next(spare) for name in self.extra_listeners}
         self._closed = False
         atexit.register(self.close)
 
@@ -143,6 +160,13 @@ class KafkaCluster(Cluster):
 
     def address(self, node_id: int) -> tuple[str, int]:
         return HOST, self._node(node_id).port
+
+    def listener_bootstrap(self, name: str) -> str:
+        """Bootstrap addresses of an extra listener (``listeners=``)."""
+        return ",".join(f"{HOST}:{n.extra_ports[name]}" for n in self._nodes.values())
+
+    def listener_address(self, name: str, node_id: int) -> tuple[str, int]:
+        return HOST, self._node(node_id).extra_ports[name]
 
     def log_path(self, node_id: int) -> Path:
         """The node's log4j broker log."""
@@ -219,15 +243,25 @@ class KafkaCluster(Cluster):
     def _properties(self, node: _Node) -> str:
         n = self.size
         voters = ",".join(f"{m.node_id}@{HOST}:{m.controller_port}" for m in self._nodes.values())
+        extra = [(name, node.extra_ports[name], p) for name, p in self.extra_listeners.items()]
         config: dict[str, ConfigValue] = {
             "process.roles": "broker,controller",
             "node.id": node.node_id,
             "controller.quorum.voters": voters,
-            "listeners": f"PLAINTEXT://{HOST}:{node.port},CONTROLLER://{HOST}:{node.controller_port}",
-            "advertised.listeners": f"PLAINTEXT://{self.advertised_host}:{node.port}",
+            "listeners": ",".join(
+                [f"PLAINTEXT://{HOST}:{node.port}", f"CONTROLLER://{HOST}:{node.controller_port}"]
+                + [f"{name}://{HOST}:{port}" for name, port, _ in extra]
+            ),
+            "advertised.listeners": ",".join(
+                [f"PLAINTEXT://{self.advertised_host}:{node.port}"]
+                + [f"{name}://{self.advertised_host}:{port}" for name, port, _ in extra]
+            ),
             "controller.listener.names": "CONTROLLER",
             "inter.broker.listener.name": "PLAINTEXT",
-            "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+            "listener.security.protocol.map": ",".join(
+                ["PLAINTEXT:PLAINTEXT", "CONTROLLER:PLAINTEXT"]
+                + [f"{name}:{protocol}" for name, _, protocol in extra]
+            ),
             "log.dirs": str(node.dir / "data"),
             "auto.create.topics.enable": True,
             "num.partitions": 1,

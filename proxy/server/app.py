@@ -29,6 +29,7 @@ from proxy.server.health import probe_producer_expiry, probe_upstream
 from proxy.server.link import Connector, Link, wall_ms
 from proxy.server.metrics import Metrics
 from proxy.server.pump import Pump
+from proxy.server.tls import UpstreamTLS, upstream_context
 
 log = logging.getLogger("idemproxy.server")
 
@@ -114,6 +115,13 @@ class Proxy:
         self._probed_at = -1e9
         #: How links reach brokers; None is the loop's create_connection (tests substitute it).
         self.connector: Connector | None = None
+        #: TLS towards the brokers (--upstream-tls): links and probes use it; files read now.
+        self.upstream_tls: UpstreamTLS | None = None
+        if config.upstream_tls:
+            self.upstream_tls = UpstreamTLS(
+                upstream_context(config.upstream_ca, config.upstream_cert, config.upstream_key),
+                config.upstream_server_name,
+            )
 
     async def start(self) -> None:
         """Bind the bootstrap listener (and the metrics port when configured).
@@ -223,11 +231,16 @@ class Proxy:
 
     async def _probe(self) -> None:
         timeout = min(self.config.connect_timeout, 5.0)
-        self._upstream_problem = await probe_upstream(self.upstream_targets, timeout)
+        self._upstream_problem = await probe_upstream(
+            self.upstream_targets, timeout, self.upstream_tls, self._handshake_failed
+        )
         self._probed_at = time.monotonic()
         self.metrics.upstream_up.set(0 if self._upstream_problem else 1)
         if self._upstream_problem is None:
             await self._learn_producer_expiry(timeout)
+
+    def _handshake_failed(self, reason: str) -> None:
+        self.metrics.tls_handshake_failures.labels("upstream", reason).inc()
 
     async def _learn_producer_expiry(self, per_broker: float) -> None:
         """Keep the engine's memory within the brokers' producer.id.expiration.ms.
@@ -236,7 +249,9 @@ class Proxy:
         broker would accept (KIP-360) what the proxy rejects as out of sequence.
         """
         brokers = self.directory.known_brokers()
-        learned = await probe_producer_expiry(brokers, per_broker)
+        learned = await probe_producer_expiry(
+            brokers, per_broker, self.upstream_tls, self._handshake_failed
+        )
         if learned is None:
             return
         effective = min(self.config.producer_state_expiry, learned)

@@ -12,11 +12,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import struct
+from collections.abc import Callable
 from typing import Any
 
 from kafka.protocol.admin import DescribeConfigsRequest, DescribeConfigsResponse
 
 from proxy.address import Address
+from proxy.server.tls import UpstreamTLS, describe_failure, failure_reason, is_handshake_failure
 from proxy.wire.apis import ApiKey
 from proxy.wire.frames import frame
 from proxy.wire.headers import peek_correlation_id
@@ -46,10 +48,21 @@ def probe_answered(body: bytes) -> bool:
     )
 
 
-async def _ask(target: Address, request: bytes, within: float) -> bytes:
+#: Told the reason of each failed TLS handshake (the metric's label).
+HandshakeObserver = Callable[[str], None]
+
+
+async def _ask(
+    target: Address, request: bytes, within: float, tls: UpstreamTLS | None = None
+) -> bytes:
     """Send one request frame, return the response body (size-checked, bounded)."""
     async with asyncio.timeout(within):
-        reader, writer = await asyncio.open_connection(target.host, target.port)
+        if tls is None:
+            reader, writer = await asyncio.open_connection(target.host, target.port)
+        else:
+            reader, writer = await asyncio.open_connection(
+                target.host, target.port, ssl=tls.context, server_hostname=tls.hostname(target)
+            )
         try:
             writer.write(request)
             (size,) = struct.unpack(">i", await reader.readexactly(4))
@@ -95,15 +108,36 @@ def producer_expiry_answer(body: bytes) -> int | None:
     return None
 
 
-async def probe_producer_expiry(brokers: dict[int, Address], per_target: float) -> int | None:
+def _failure(
+    target: Address, exc: BaseException, tls: UpstreamTLS | None, observe: HandshakeObserver | None
+) -> str:
+    """Why asking target failed; a failed TLS handshake is named, and observed."""
+    if tls is not None and is_handshake_failure(exc):
+        reason = failure_reason(exc)
+        if observe is not None:
+            observe(reason)
+        return f"{target}: TLS handshake failed: {reason} ({describe_failure(exc)})"
+    return f"{target}: {exc or type(exc).__name__}"
+
+
+async def probe_producer_expiry(
+    brokers: dict[int, Address],
+    per_target: float,
+    tls: UpstreamTLS | None = None,
+    observe: HandshakeObserver | None = None,
+) -> int | None:
     """The lowest producer.id.expiration.ms of the brokers that answer, None when none does
     (no broker known yet, or DescribeConfigs not authorised)."""
     values: list[int] = []
     for node_id, target in sorted(brokers.items()):
         try:
-            body = await _ask(target, producer_expiry_request(node_id), per_target)
+            body = await _ask(target, producer_expiry_request(node_id), per_target, tls)
         except (OSError, TimeoutError, ValueError, asyncio.IncompleteReadError) as exc:
-            log.debug("no producer expiry from broker %d: %s", node_id, exc)
+            log.debug(
+                "no producer expiry from broker %d: %s",
+                node_id,
+                _failure(target, exc, tls, observe),
+            )
             continue
         value = producer_expiry_answer(body)
         if value is not None:
@@ -111,14 +145,20 @@ async def probe_producer_expiry(brokers: dict[int, Address], per_target: float) 
     return min(values) if values else None
 
 
-async def probe_upstream(targets: list[Address], per_target: float) -> str | None:
-    """None when one of the targets answers ApiVersions, else why none did."""
+async def probe_upstream(
+    targets: list[Address],
+    per_target: float,
+    tls: UpstreamTLS | None = None,
+    observe: HandshakeObserver | None = None,
+) -> str | None:
+    """None when one of the targets answers ApiVersions, else why none did (over TLS when
+    tls is given; observe is told the reason of each failed handshake)."""
     failures = []
     for target in targets:
         try:
-            if probe_answered(await _ask(target, api_versions_probe(), per_target)):
+            if probe_answered(await _ask(target, api_versions_probe(), per_target, tls)):
                 return None
             raise ValueError("unexpected answer to ApiVersions")
         except (OSError, TimeoutError, ValueError, asyncio.IncompleteReadError) as exc:
-            failures.append(f"{target}: {exc or type(exc).__name__}")
+            failures.append(_failure(target, exc, tls, observe))
     return "; ".join(failures) or "no upstream configured"

@@ -20,14 +20,16 @@ from proxy.address import Address
 from proxy.errors import ProxyError
 from proxy.routing.session import Output, Session
 from proxy.server.pump import Pump
+from proxy.server.tls import describe_failure, failure_reason, is_handshake_failure
 
 if TYPE_CHECKING:
     from proxy.server.app import Proxy
 
 log = logging.getLogger("idemproxy.server")
 
-#: Opens a connection to an address with a protocol (loop.create_connection in production).
-Connector = Callable[[Callable[[], asyncio.Protocol], str, int], Awaitable[object]]
+#: Opens a connection to an address with a protocol (loop.create_connection in production);
+#: with upstream TLS, also given ssl= and server_hostname= keywords.
+Connector = Callable[..., Awaitable[object]]
 
 
 def peer_name(transport: asyncio.BaseTransport) -> str:
@@ -69,6 +71,10 @@ class Link:
         #: Frames for the broker produced before the upstream connection was up (reading is
         #: paused meanwhile, but a transport may deliver what it had already read).
         self._early: list[bytes] = []
+        #: The broker this link connects (or is connected) to.
+        self.upstream_target: Address | None = None
+        #: Whether the broker has sent anything (after that, a TLS error is not a handshake's).
+        self._upstream_spoke = False
         self.client_side = _ClientSide(self)
         self.upstream_side = _UpstreamSide(self)
 
@@ -125,24 +131,52 @@ class Link:
     async def _connect(self) -> None:
         connect = self.proxy.connector or asyncio.get_running_loop().create_connection
         timeout = self.proxy.config.connect_timeout
+        tls = self.proxy.upstream_tls
         failures: list[str] = []
+        tls_failures: list[str] = []
         for target in self.targets:
             if not self.client_open:
                 self.finish()
                 return
+            self.upstream_target = target
             try:
                 async with asyncio.timeout(timeout):
-                    await connect(lambda: Pump(self.upstream_side), target.host, target.port)
+                    if tls is None:
+                        await connect(lambda: Pump(self.upstream_side), target.host, target.port)
+                    else:
+                        await connect(
+                            lambda: Pump(self.upstream_side),
+                            target.host,
+                            target.port,
+                            ssl=tls.context,
+                            server_hostname=tls.hostname(target),
+                        )
             except (OSError, TimeoutError) as exc:
-                failures.append(f"{target}: {exc or type(exc).__name__}")
+                if tls is not None and is_handshake_failure(exc):
+                    tls_failures.append(self._tls_failed(target, exc))
+                else:
+                    failures.append(f"{target}: {exc or type(exc).__name__}")
                 continue
             return
-        self.proxy.metrics.connection_errors.labels("upstream_unreachable").inc()
-        log.warning(
-            "upstream unreachable, closing client connection",
-            extra={"peer": self.peer, "reason": "; ".join(failures) or "no upstream address"},
-        )
+        if tls_failures:
+            self.proxy.metrics.connection_errors.labels("upstream_tls").inc()
+            log.warning(
+                "upstream TLS handshake failed, closing client connection",
+                extra={"peer": self.peer, "reason": "; ".join(tls_failures + failures)},
+            )
+        else:
+            self.proxy.metrics.connection_errors.labels("upstream_unreachable").inc()
+            log.warning(
+                "upstream unreachable, closing client connection",
+                extra={"peer": self.peer, "reason": "; ".join(failures) or "no upstream address"},
+            )
         self.finish()
+
+    def _tls_failed(self, target: Address, exc: BaseException) -> str:
+        """Count a failed handshake with target; the text naming the broker and the reason."""
+        reason = failure_reason(exc)
+        self.proxy.metrics.tls_handshake_failures.labels("upstream", reason).inc()
+        return f"{target}: {reason} ({describe_failure(exc)})"
 
     def upstream_made(self, transport: asyncio.Transport) -> None:
         self.upstream = transport
@@ -158,6 +192,7 @@ class Link:
             self.client.resume_reading()
 
     def upstream_data(self, data: bytes) -> None:
+        self._upstream_spoke = True
         try:
             out = self.session.receive_upstream(data)
         except ProxyError as exc:
@@ -169,13 +204,28 @@ class Link:
         if self.proxy.stopping:
             self.proxy.note_answered()
 
-    def upstream_lost(self) -> None:
+    def upstream_lost(self, exc: Exception | None = None) -> None:
         if not self.upstream_open:
             return
         self.upstream_open = False
         self.proxy.metrics.upstream_connections.dec()
         unanswered = self.session.awaiting_upstream
-        if unanswered and self.client_open:
+        if (
+            self.proxy.upstream_tls is not None
+            and exc is not None
+            and is_handshake_failure(exc)
+            and not self._upstream_spoke
+            and self.upstream_target is not None
+        ):
+            # With TLS 1.3 the broker checks the client certificate after the client's side of
+            # the handshake is done: its refusal arrives as an alert on the first read (or as
+            # a reset, when the broker closes with our first request unread).
+            self.proxy.metrics.connection_errors.labels("upstream_tls").inc()
+            log.warning(
+                "upstream TLS handshake failed, closing client connection",
+                extra={"peer": self.peer, "reason": self._tls_failed(self.upstream_target, exc)},
+            )
+        elif unanswered and self.client_open:
             log.warning(
                 "upstream closed with requests in flight",
                 extra={"peer": self.peer, "reason": f"{unanswered} requests unanswered"},
@@ -285,7 +335,7 @@ class _ClientSide:
     def eof(self) -> None:
         self._link.client_eof()
 
-    def lost(self) -> None:
+    def lost(self, exc: Exception | None) -> None:
         self._link.client_lost()
 
     def other(self) -> asyncio.Transport | None:
@@ -307,8 +357,8 @@ class _UpstreamSide:
     def eof(self) -> None:
         pass
 
-    def lost(self) -> None:
-        self._link.upstream_lost()
+    def lost(self, exc: Exception | None) -> None:
+        self._link.upstream_lost(exc)
 
     def other(self) -> asyncio.Transport | None:
         return self._link.client

@@ -24,6 +24,7 @@ from proxy import __version__
 from proxy.errors import REFUSAL_REASONS
 from proxy.idempotence.coordinator import Result
 from proxy.idempotence.stamping import StampResult
+from proxy.server.tls import HANDSHAKE_FAILURE_REASONS
 
 _API_NAMES: dict[int, str] = {int(k): k.name for k in KafkaApiKey}
 
@@ -109,6 +110,13 @@ class Metrics:
             ["reason"],
             registry=r,
         )
+        self.tls_handshake_failures = Counter(
+            "idemproxy_tls_handshake_failures_total",
+            "TLS handshakes that failed, by side (upstream: the proxy's connections to brokers, "
+            "probes included) and reason.",
+            ["side", "reason"],
+            registry=r,
+        )
         self.upstream_up = Gauge(
             "idemproxy_upstream_up",
             "1 when the upstream cluster answered the last readiness probe, else 0.",
@@ -128,8 +136,11 @@ class Metrics:
         for pid_result in ("obtained", "refused"):
             self.producer_ids.labels(pid_result)
         self.connection_errors.labels("upstream_unreachable")
+        self.connection_errors.labels("upstream_tls")
         for reason in REFUSAL_REASONS:
             self.frames_refused.labels(reason)
+        for reason in HANDSHAKE_FAILURE_REASONS:
+            self.tls_handshake_failures.labels("upstream", reason)
 
     def watch_producer_state(
         self,

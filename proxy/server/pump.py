@@ -21,7 +21,7 @@ class Side(Protocol):
 
     def eof(self) -> None: ...
 
-    def lost(self) -> None: ...
+    def lost(self, exc: Exception | None) -> None: ...
 
     def other(self) -> asyncio.Transport | None: ...
 
@@ -46,7 +46,7 @@ class Pump(asyncio.Protocol):
         return None
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._side.lost()
+        self._side.lost(exc)
 
     def pause_writing(self) -> None:
         other = self._side.other()
