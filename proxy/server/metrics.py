@@ -149,7 +149,32 @@ class Metrics:
         expiry_ms: Callable[[], int] = lambda: 0,
     ) -> None:
         """Export the idempotence engine's size, evictions and expiry, read at scrape time."""
-        self.registry.register(_StateCollector(entries, evictions, expiry_ms))
+        self.registry.register(
+            _Readings(
+                [
+                    (
+                        GaugeMetricFamily,
+                        "idemproxy_producer_state_entries",
+                        "Producer-partitions whose recent batches the proxy remembers.",
+                        entries,
+                    ),
+                    (
+                        GaugeMetricFamily,
+                        "idemproxy_producer_state_expiry_seconds",
+                        "Idle time after which a producer's state is forgotten: the lower of "
+                        "the configured value and the brokers' producer.id.expiration.ms.",
+                        lambda: expiry_ms() / 1000,
+                    ),
+                    (
+                        CounterMetricFamily,
+                        "idemproxy_producer_state_evictions",
+                        "Producer-partition states dropped to stay under the cap or after idle "
+                        "expiry.",
+                        evictions,
+                    ),
+                ]
+            )
+        )
 
     # ProduceObserver protocol of proxy.idempotence.coordinator
     def produce_batch(self, result: str, records: int) -> None:
@@ -180,7 +205,37 @@ class Metrics:
         evictions: Callable[[], int],
     ) -> None:
         """Export the stamper's kept state, read at scrape time."""
-        self.registry.register(_StampCollector(state_bytes, copies, lines, evictions))
+        self.registry.register(
+            _Readings(
+                [
+                    (
+                        GaugeMetricFamily,
+                        "idemproxy_stamp_state_bytes",
+                        "Bytes the stamper keeps (batches to resend, records in doubt), estimated.",
+                        state_bytes,
+                    ),
+                    (
+                        GaugeMetricFamily,
+                        "idemproxy_stamp_records_in_doubt",
+                        "Records of non-idempotent clients remembered as retry candidates.",
+                        copies,
+                    ),
+                    (
+                        GaugeMetricFamily,
+                        "idemproxy_stamp_lines",
+                        "Client id and partition pairs the proxy sequences for.",
+                        lines,
+                    ),
+                    (
+                        CounterMetricFamily,
+                        "idemproxy_stamp_state_evictions",
+                        "Partitions whose kept batches and records in doubt were shed (past "
+                        "that, whose line was forgotten) to stay under --stamp-memory.",
+                        evictions,
+                    ),
+                ]
+            )
+        )
 
     # Observer protocol of proxy.routing.session
     def request(self, api_key: int, size: int) -> None:
@@ -197,71 +252,19 @@ class Metrics:
         self._hot.api(api_key).upstream.observe(time.monotonic() - started)
 
 
-class _StateCollector(Collector):
-    def __init__(
-        self,
-        entries: Callable[[], int],
-        evictions: Callable[[], int],
-        expiry_ms: Callable[[], int],
-    ) -> None:
-        self._entries = entries
-        self._evictions = evictions
-        self._expiry_ms = expiry_ms
+#: A family read from the proxy's state at scrape time: its type, name, help, and reader.
+_Reading = tuple[type[GaugeMetricFamily] | type[CounterMetricFamily], str, str, Callable[[], float]]
+
+
+class _Readings(Collector):
+    """Gauges and counters whose values live in the engine or the stamper, read when scraped."""
+
+    def __init__(self, readings: list[_Reading]) -> None:
+        self._readings = readings
 
     def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
-        yield GaugeMetricFamily(
-            "idemproxy_producer_state_entries",
-            "Producer-partitions whose recent batches the proxy remembers.",
-            value=self._entries(),
-        )
-        yield GaugeMetricFamily(
-            "idemproxy_producer_state_expiry_seconds",
-            "Idle time after which a producer's state is forgotten: the lower of the configured "
-            "value and the brokers' producer.id.expiration.ms.",
-            value=self._expiry_ms() / 1000,
-        )
-        yield CounterMetricFamily(
-            "idemproxy_producer_state_evictions",
-            "Producer-partition states dropped to stay under the cap or after idle expiry.",
-            value=self._evictions(),
-        )
-
-
-class _StampCollector(Collector):
-    def __init__(
-        self,
-        state_bytes: Callable[[], int],
-        copies: Callable[[], int],
-        lines: Callable[[], int],
-        evictions: Callable[[], int],
-    ) -> None:
-        self._bytes = state_bytes
-        self._copies = copies
-        self._lines = lines
-        self._evictions = evictions
-
-    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
-        yield GaugeMetricFamily(
-            "idemproxy_stamp_state_bytes",
-            "Bytes the stamper keeps (batches to resend, records in doubt), estimated.",
-            value=self._bytes(),
-        )
-        yield GaugeMetricFamily(
-            "idemproxy_stamp_records_in_doubt",
-            "Records of non-idempotent clients remembered as retry candidates.",
-            value=self._copies(),
-        )
-        yield GaugeMetricFamily(
-            "idemproxy_stamp_lines",
-            "Client id and partition pairs the proxy sequences for.",
-            value=self._lines(),
-        )
-        yield CounterMetricFamily(
-            "idemproxy_stamp_state_evictions",
-            "Partitions whose kept batches and records in doubt were shed (past that, whose line "
-            "was forgotten) to stay under --stamp-memory.",
-            value=self._evictions(),
-        )
+        for family, name, documentation, read in self._readings:
+            yield family(name, documentation, value=read())
 
 
 #: The `le` label of each bucket, as prometheus_client writes it.
@@ -314,25 +317,16 @@ class _HotCollector(Collector):
         self.batches = dict.fromkeys(PRODUCE_RESULTS, 0)
         self.records = dict.fromkeys(PRODUCE_RESULTS, 0)
         self._apis: dict[int, _ApiCounts] = {}
-        self._names: dict[int, str] = {}
+        self._by_name: dict[str, _ApiCounts] = {}  # unknown API keys share one label
 
     def api(self, api_key: int) -> _ApiCounts:
         counts = self._apis.get(api_key)
         if counts is None:
-            counts = self._apis[api_key] = _ApiCounts()
-            self._names[api_key] = api_name(api_key)
+            counts = self._by_name.setdefault(api_name(api_key), _ApiCounts())
+            self._apis[api_key] = counts
         return counts
 
     def collect(self) -> Iterator[CounterMetricFamily | HistogramMetricFamily]:
-        by_name: dict[str, _ApiCounts] = {}
-        for key, counts in self._apis.items():
-            name = self._names[key]
-            merged = by_name.get(name)
-            if merged is None:
-                by_name[name] = counts
-            else:  # unknown API keys share one label
-                merged = _merge(merged, counts)
-                by_name[name] = merged
         requests = CounterMetricFamily(
             "idemproxy_requests", "Requests received from clients, by API.", labels=["api"]
         )
@@ -346,7 +340,7 @@ class _HotCollector(Collector):
             "Time from forwarding a request to the broker's response arriving, by API.",
             labels=["api"],
         )
-        for name, counts in sorted(by_name.items()):
+        for name, counts in sorted(self._by_name.items()):
             requests.add_metric([name], counts.requests)
             duration.add_metric([name], counts.duration.buckets(), counts.duration.sum)
             upstream.add_metric([name], counts.upstream.buckets(), counts.upstream.sum)
@@ -376,13 +370,3 @@ class _HotCollector(Collector):
             records.add_metric([result], self.records[result])
         yield batches
         yield records
-
-
-def _merge(a: _ApiCounts, b: _ApiCounts) -> _ApiCounts:
-    out = _ApiCounts()
-    out.requests = a.requests + b.requests
-    for name in ("duration", "upstream"):
-        x, y, z = getattr(a, name), getattr(b, name), getattr(out, name)
-        z.counts = [i + j for i, j in zip(x.counts, y.counts, strict=True)]
-        z.sum = x.sum + y.sum
-    return out
