@@ -125,25 +125,49 @@ def _app_on_central(timeout: float) -> str:
     return f"`mvn dependency:get -Dartifact={artifact}` fails: {reason}"
 
 
-class Kroxylicious:
-    """A Kroxylicious passthrough proxy in front of ``upstream`` (one virtual cluster)."""
+class _PeerProcess:
+    """A peer's process, its scratch folder and its log (the tail kept for reports)."""
 
-    def __init__(self, upstream: str) -> None:
-        self.upstream = upstream.split(",")[0]
-        # Bootstrap at base; broker node N at base + 1 + N (portIdentifiesNode, ids 0-2).
-        self.base = free_port_block(5, start=40000, stop=60000)
-        self.dir = Path(tempfile.mkdtemp(prefix="idemproxy-bench-kroxylicious-"))
-        self.log_path = self.dir / "kroxylicious.log"
+    #: Seconds the process gets to exit on SIGTERM before SIGKILL.
+    STOP_GRACE = 5.0
+
+    def __init__(self, name: str) -> None:
+        self.dir = Path(tempfile.mkdtemp(prefix=f"idemproxy-bench-{name}-"))
+        self.log_path = self.dir / f"{name}.log"
         self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def bootstrap(self) -> str:
-        return f"127.0.0.1:{self.base}"
 
     @property
     def pid(self) -> int:
         assert self.proc is not None
         return self.proc.pid
+
+    def log(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")[-20000:]
+        except OSError:
+            return ""
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            _proc.stop(self.proc, grace=self.STOP_GRACE)
+            self.proc = None
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class Kroxylicious(_PeerProcess):
+    """A Kroxylicious passthrough proxy in front of ``upstream`` (one virtual cluster)."""
+
+    STOP_GRACE = 10.0
+
+    def __init__(self, upstream: str) -> None:
+        super().__init__("kroxylicious")
+        self.upstream = upstream.split(",")[0]
+        # Bootstrap at base; broker node N at base + 1 + N (portIdentifiesNode, ids 0-2).
+        self.base = free_port_block(5, start=40000, stop=60000)
+
+    @property
+    def bootstrap(self) -> str:
+        return f"127.0.0.1:{self.base}"
 
     def config(self) -> str:
         return (
@@ -185,18 +209,6 @@ class Kroxylicious:
                 time.sleep(0.2)
         self.stop()
         raise PeerUnavailable(f"Kroxylicious did not listen within {timeout:.0f}s:\n{self.log()}")
-
-    def log(self) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")[-20000:]
-        except OSError:
-            return ""
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            _proc.stop(self.proc, grace=10.0)
-            self.proc = None
-        shutil.rmtree(self.dir, ignore_errors=True)
 
 
 # -- socat: a plain C byte relay as the reference ------------------------------------------------
@@ -249,7 +261,7 @@ def socat_version(executable: str) -> str:
     return match.group(1) if match else "unknown"
 
 
-class Socat:
+class Socat(_PeerProcess):
     """``socat`` relaying ``127.0.0.1:listen_port`` to ``127.0.0.1:upstream_port`` byte for
     byte, one forked child per connection (``fork``): what a C relay per broker port costs.
 
@@ -259,12 +271,10 @@ class Socat:
     """
 
     def __init__(self, executable: str, listen_port: int, upstream_port: int) -> None:
+        super().__init__("socat")
         self.executable = executable
         self.listen_port = listen_port
         self.upstream_port = upstream_port
-        self.dir = Path(tempfile.mkdtemp(prefix="idemproxy-bench-socat-"))
-        self.log_path = self.dir / "socat.log"
-        self.proc: subprocess.Popen[bytes] | None = None
 
     @property
     def argv(self) -> list[str]:
@@ -280,11 +290,6 @@ class Socat:
     def bootstrap(self) -> str:
         return f"127.0.0.1:{self.listen_port}"
 
-    @property
-    def pid(self) -> int:
-        assert self.proc is not None
-        return self.proc.pid
-
     def start(self, timeout: float = 10.0) -> Socat:
         self.proc = _proc.spawn(self.argv, log=self.log_path, cwd=self.dir)
         deadline = time.monotonic() + timeout
@@ -296,18 +301,6 @@ class Socat:
             time.sleep(0.05)
         self.stop()
         raise PeerUnavailable(f"socat did not listen within {timeout:.0f}s:\n{self.log()}")
-
-    def log(self) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")[-20000:]
-        except OSError:
-            return ""
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            _proc.stop(self.proc, grace=5.0)
-            self.proc = None
-        shutil.rmtree(self.dir, ignore_errors=True)
 
 
 def _listening(port: int) -> bool:
