@@ -165,6 +165,45 @@ def confluent_produce(
     return acked, errors
 
 
+def confluent_trickle_produce(
+    bootstrap: str, topic: str, values: list[bytes], **config: Any
+) -> tuple[int, list[str]]:
+    """librdkafka WITHOUT idempotence (its default), a message every ~3 ms; returns
+    (acknowledged, errors).
+
+    linger.ms=5 and at most 7 messages a batch make small batches; by the time a failed
+    batch is retried (retry.backoff.ms) more messages are queued behind it, so its
+    messages are re-batched beside new ones. `config` adds producer settings.
+    """
+    from confluent_kafka import Producer
+
+    acked = 0
+    errors: list[str] = []
+
+    def report(err: Any, _msg: Any) -> None:
+        nonlocal acked
+        if err is None:
+            acked += 1
+        else:
+            errors.append(str(err))
+
+    producer = Producer(
+        {
+            "bootstrap.servers": bootstrap,
+            "linger.ms": 5,
+            "batch.num.messages": 7,
+            "acks": "all",
+            **config,
+        }
+    )
+    for v in values:
+        producer.produce(topic, v, on_delivery=report)
+        producer.poll(0.003)
+    if remaining := producer.flush(60):
+        errors.append(f"{remaining} messages still queued after flush")
+    return acked, errors
+
+
 def confluent_consume(
     bootstrap: str, topic: str, expected: int, *, group_id: str | None = None, timeout: float = 60
 ) -> list[bytes]:

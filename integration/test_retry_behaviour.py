@@ -82,31 +82,10 @@ def _kafka_python(bootstrap: str, topic: str, tag: str, n: int) -> Outcome:
 
 
 def _confluent(bootstrap: str, topic: str, tag: str, n: int) -> Outcome:
-    """librdkafka with its defaults (enable.idempotence=false), messages trickling in.
-
-    One message every ~3 ms with linger.ms=5 makes small batches; by the time a
-    failed batch is retried (retry.backoff.ms) more messages are queued behind it,
-    so the retry shows whether librdkafka re-batches them.
-    """
-    from confluent_kafka import Producer
-
-    acked, errors = 0, []
-
-    def report(err: object, _msg: object) -> None:
-        nonlocal acked
-        if err is None:
-            acked += 1
-        else:
-            errors.append(str(err))
-
-    producer = Producer(
-        {"bootstrap.servers": bootstrap, "linger.ms": 5, "batch.num.messages": 7, "acks": "all"}
-    )
-    for i in range(n):
-        producer.produce(topic, f"{tag}-{i:06d}".encode(), on_delivery=report)
-        producer.poll(0.003)
-    if remaining := producer.flush(60):
-        errors.append(f"{remaining} messages still queued after flush")
+    """librdkafka with its defaults (enable.idempotence=false), messages trickling in, so
+    the retry shows whether librdkafka re-batches them (clients.confluent_trickle_produce)."""
+    values = [f"{tag}-{i:06d}".encode() for i in range(n)]
+    acked, errors = clients.confluent_trickle_produce(bootstrap, topic, values)
     return Outcome(n, acked, errors)
 
 

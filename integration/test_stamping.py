@@ -141,39 +141,16 @@ def _librdkafka(codec: str) -> Callable[[str, str, str, int], Outcome]:
 
 
 def _librdkafka_produce(bootstrap: str, topic: str, tag: str, n: int, codec: str) -> Outcome:
-    """librdkafka with its default enable.idempotence=false, messages trickling in.
-
-    As in test_retry_behaviour.py: a message every ~3 ms with linger.ms=5 and at most
-    7 messages a batch, so a failed batch's messages are re-batched beside new ones.
-    """
-    from confluent_kafka import Producer
-
+    """librdkafka with enable.idempotence=false (its default, stated on purpose), messages
+    trickling in as in test_retry_behaviour.py, so a failed batch's messages are re-batched
+    beside new ones (clients.confluent_trickle_produce)."""
     values = _values(tag, n)
-    acked, errors = 0, []
-
-    def report(err: object, _msg: object) -> None:
-        nonlocal acked
-        if err is None:
-            acked += 1
-        else:
-            errors.append(str(err))
-
-    producer = Producer(
-        {
-            "bootstrap.servers": bootstrap,
-            "enable.idempotence": False,
-            "linger.ms": 5,
-            "batch.num.messages": 7,
-            "acks": "all",
-            "compression.codec": codec,
-            "message.timeout.ms": 60000,
-        }
+    acked, errors = clients.confluent_trickle_produce(
+        bootstrap,
+        topic,
+        values,
+        **{"enable.idempotence": False, "compression.codec": codec, "message.timeout.ms": 60000},
     )
-    for v in values:
-        producer.produce(topic, v, on_delivery=report)
-        producer.poll(0.003)
-    if remaining := producer.flush(60):
-        errors.append(f"{remaining} messages still queued after flush")
     return Outcome(values, acked, errors)
 
 
