@@ -161,6 +161,11 @@ class Session:
         self._closed = False
         #: The broker's ApiVersions ranges (api key -> min, max), once the client asked.
         self.broker_versions: dict[int, tuple[int, int]] = {}
+        #: Who the broker knows this connection as: the SASL user (PLAIN, SCRAM), the token's
+        #: subject (OAUTHBEARER), the client certificate's subject (mTLS), or the sidecar's
+        #: own user. None: no authentication on this connection. A retry is answered locally
+        #: only for the principal whose batch the broker acknowledged (issue 11).
+        self.principal: str | None = None
 
     @property
     def awaiting_upstream(self) -> int:
