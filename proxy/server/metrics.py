@@ -38,6 +38,15 @@ LATENCY_BUCKETS = (
 #: Values of the `result` label of the produce counters.
 PRODUCE_RESULTS: tuple[str, ...] = get_args(Result)
 STAMP_RESULTS: tuple[str, ...] = get_args(StampResult)
+#: The `reason` label of idemproxy_sasl_authentication_failures_total: the Kafka error of a
+#: failed SaslHandshake/SaslAuthenticate (58, 33, 34), or `other` (another error code, or the
+#: broker closing the connection during the exchange).
+SASL_FAILURE_REASONS: tuple[str, ...] = (
+    "sasl_authentication_failed",
+    "unsupported_sasl_mechanism",
+    "illegal_sasl_state",
+    "other",
+)
 
 
 def api_name(api_key: int) -> str:
@@ -117,6 +126,15 @@ class Metrics:
             ["side", "reason"],
             registry=r,
         )
+        self.sasl_failures = Counter(
+            "idemproxy_sasl_authentication_failures_total",
+            "SASL authentications that failed, by side (client: a client's own SASL exchange "
+            "passed through, as the broker answered it; upstream: the sidecar's own "
+            "authentication of its upstream connections) and reason (the Kafka error, e.g. "
+            "sasl_authentication_failed, unsupported_sasl_mechanism, illegal_sasl_state).",
+            ["side", "reason"],
+            registry=r,
+        )
         self.upstream_up = Gauge(
             "idemproxy_upstream_up",
             "1 when the upstream cluster answered the last readiness probe, else 0.",
@@ -141,6 +159,9 @@ class Metrics:
             self.frames_refused.labels(reason)
         for reason in HANDSHAKE_FAILURE_REASONS:
             self.tls_handshake_failures.labels("upstream", reason)
+        for side in ("client", "upstream"):
+            for reason in SASL_FAILURE_REASONS:
+                self.sasl_failures.labels(side, reason)
 
     def watch_producer_state(
         self,
