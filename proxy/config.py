@@ -416,7 +416,8 @@ OPTIONS: dict[str, Option] = {
             "connect_timeout",
             _seconds(allow_zero=False),
             "SECONDS",
-            f"Timeout connecting to a broker [default: {_default('connect_timeout')}].",
+            "Timeout connecting to a broker, and for a client's TLS handshake "
+            f"[default: {_default('connect_timeout')}].",
         ),
         Option(
             "drain_timeout",
