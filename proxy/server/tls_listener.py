@@ -100,6 +100,13 @@ class TLSListener:
             self._spawn(self._handshake(conn, peer), f"TLS handshake {peer}")
 
     async def _handshake(self, conn: socket.socket, peer: str) -> None:
+        try:
+            await self._open(conn, peer)
+        except BaseException:  # cancelled (shutdown): the socket is ours until handed over
+            conn.close()
+            raise
+
+    async def _open(self, conn: socket.socket, peer: str) -> None:
         loop = asyncio.get_running_loop()
         conn.setblocking(False)
         try:
@@ -122,6 +129,8 @@ class TLSListener:
                 self._protocol, conn, ssl=self._context(), ssl_handshake_timeout=self._timeout
             )
         except OSError as exc:  # ssl.SSLError, a reset, or ConnectionAbortedError (timeout)
+            # The transport closed the socket (asyncio closes it, uvloop detached it first):
+            # closing it again is a no-op, never another connection's descriptor.
             conn.close()
             self._refused(peer, "", exc)
 

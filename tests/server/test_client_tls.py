@@ -421,6 +421,21 @@ async def test_a_connection_closed_before_sending_anything_is_no_failure(
         assert sum(client_failures(proxy, r) for r in HANDSHAKE_FAILURE_REASONS) == 0
 
 
+async def test_shutdown_closes_connections_still_before_their_handshake(
+    files: dict[str, Path],
+) -> None:
+    async with running_proxy(listen_tls_cert=files["cert"], listen_tls_key=files["key"]) as proxy:
+        assert proxy.bootstrap_address is not None
+        reader, writer = await asyncio.open_connection("127.0.0.1", proxy.bootstrap_address.port)
+        await wait_for(  # accepted, waiting for the ClientHello
+            lambda: any(t.get_name().startswith("TLS handshake") for t in proxy.tasks._tasks)
+        )
+        await proxy.close()
+        async with asyncio.timeout(5):
+            assert await reader.read() == b"", "the proxy closed its end"
+        writer.close()
+
+
 async def test_rotated_files_serve_new_connections_and_keep_established_ones(
     files: dict[str, Path], ca: CA
 ) -> None:
@@ -499,6 +514,7 @@ def test_every_listener_behaviour_holds_on_uvloop(
         lambda: test_a_plaintext_client_on_a_tls_listener_is_one_line_and_closed(files, caplog),
         lambda: test_a_tls_client_on_a_plaintext_listener_is_one_line_and_closed(files, caplog),
         lambda: test_a_connection_closed_before_sending_anything_is_no_failure(files, caplog),
+        lambda: test_shutdown_closes_connections_still_before_their_handshake(files),
         lambda: test_rotated_files_serve_new_connections_and_keep_established_ones(files, ca),
         # Last: it leaves a key that does not match the certificate.
         lambda: test_a_rotation_to_a_mismatched_key_keeps_serving_the_old_certificate(
