@@ -170,8 +170,14 @@ def served_serial(port: int, ca: Path) -> int:
 
 
 def assert_alive(proxy: ProxyProcess) -> None:
+    """The proxy runs on, and said what happened in its own lines: no traceback, no error
+    (asyncio and uvloop may report through the loop's exception handler)."""
     assert proxy.proc is not None
     assert proxy.proc.poll() is None, "the proxy stays up"
+    log = proxy.log()
+    assert '"msg": "listening"' in log, "the log is the proxy's JSON log"
+    assert "Traceback" not in log
+    assert '"level": "ERROR"' not in log
 
 
 # --- clients over TLS ----------------------------------------------------------------------
@@ -398,3 +404,4 @@ def test_rotated_certificate_reaches_new_connections_while_a_producer_keeps_writ
         assert proxy.metric("idemproxy_tls_reloads_total", side="client", result="ok") >= 1
         assert proxy.metric("idemproxy_tls_reloads_total", side="client", result="failed") == 0
         assert proxy.metric("idemproxy_tls_handshake_failures_total", side="client") == 0
+        assert_alive(proxy)
