@@ -362,15 +362,41 @@ def test_an_expired_proxy_certificate_is_a_handshake_error_for_the_client(rig: R
 # --- rotation ----------------------------------------------------------------------------------
 
 
+class SecretVolume:
+    """Files laid out as the kubelet lays out a Secret volume (its AtomicWriter): each name a
+    symlink into ``..data``, itself a symlink to a timestamped folder; an update writes a new
+    folder and renames a new ``..data`` link over the old one, so every file changes at once."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        root.mkdir()
+        self._versions = 0
+
+    def write(self, files: dict[str, bytes]) -> None:
+        self._versions += 1
+        version = self.root / f"..2026_12_02_{self._versions:04d}"
+        version.mkdir()
+        for name, content in files.items():
+            (version / name).write_bytes(content)
+            if not (self.root / name).is_symlink():
+                (self.root / name).symlink_to(Path("..data") / name)
+        staged = self.root / "..data_tmp"
+        staged.symlink_to(version.name)
+        os.replace(staged, self.root / "..data")
+
+    def path(self, name: str) -> Path:
+        return self.root / name
+
+
 def test_rotated_certificate_reaches_new_connections_while_a_producer_keeps_writing(
     rig: Rig, topic_name: str
 ) -> None:
-    live = rig.work / "live"
-    live.mkdir()
-    cert, key = live / "tls.crt", live / "tls.key"
-    cert.write_bytes(rig.files["cert"].read_bytes())
-    key.write_bytes(rig.files["key"].read_bytes())
-    args = ["--listen-tls-cert", str(cert), "--listen-tls-key", str(key)]
+    volume = SecretVolume(rig.work / "listen-tls")
+    volume.write(
+        {"tls.crt": rig.files["cert"].read_bytes(), "tls.key": rig.files["key"].read_bytes()}
+    )
+    args = ["--listen-tls-cert", str(volume.path("tls.crt"))]
+    args += ["--listen-tls-key", str(volume.path("tls.key"))]
     args += ["--tls-reload-interval", "0.5", "--log-format", "json"]
     with ProxyProcess(rig.cluster.bootstrap, extra=args) as proxy:
         before = served_serial(proxy.listen_port, rig.files["ca"])
@@ -380,12 +406,8 @@ def test_rotated_certificate_reaches_new_connections_while_a_producer_keeps_writ
         producer.start()
         try:
             assert producer.wait_acked(200, timeout=60)
-            # As Kubernetes updates a secret volume: new files, renamed into place.
             fresh = rig.ca.issue("proxy")
-            for path, pem in ((cert, fresh.cert_pem), (key, fresh.key_pem)):
-                staged = path.with_suffix(".new")
-                staged.write_bytes(pem)
-                os.replace(staged, path)
+            volume.write({"tls.crt": fresh.cert_pem, "tls.key": fresh.key_pem})
             expected = x509.load_pem_x509_certificate(fresh.cert_pem).serial_number
             assert expected != before
             deadline = time.monotonic() + 30
@@ -393,15 +415,28 @@ def test_rotated_certificate_reaches_new_connections_while_a_producer_keeps_writ
                 assert time.monotonic() < deadline, "the new certificate is never served"
                 time.sleep(0.2)
             assert now == expected
-            acked_at_rotation = producer.acked
-            assert producer.wait_acked(acked_at_rotation + 400, timeout=60)
+            assert producer.wait_acked(producer.acked + 400, timeout=60)
+
+            # A rotation to a key that is not the certificate's: ignored, counted, and the
+            # certificate served stays the last good one.
+            volume.write({"tls.crt": rig.ca.issue("proxy").cert_pem, "tls.key": fresh.key_pem})
+            deadline = time.monotonic() + 30
+            while not proxy.metric("idemproxy_tls_reloads_total", side="client", result="failed"):
+                assert time.monotonic() < deadline, "the unusable files are never noticed"
+                time.sleep(0.2)
+            assert served_serial(proxy.listen_port, rig.files["ca"]) == expected
+            assert producer.wait_acked(producer.acked + 400, timeout=60)
         finally:
             producer.finish()
         assert producer.errors == []
         assert producer.acked == producer.sent
         got = read_back(rig, topic_name, producer.acked)
         assert got == Counter(producer.acked_values), "every record read back once"
-        assert proxy.metric("idemproxy_tls_reloads_total", side="client", result="ok") >= 1
-        assert proxy.metric("idemproxy_tls_reloads_total", side="client", result="failed") == 0
+        assert proxy.metric("idemproxy_tls_reloads_total", side="client", result="ok") == 1
+        assert proxy.metric("idemproxy_tls_reloads_total", side="client", result="failed") == 1
+        (warning,) = events(
+            proxy, "certificate files changed but cannot be used, keeping the previous ones"
+        )
+        assert "is not the private key of" in str(warning["reason"])
         assert proxy.metric("idemproxy_tls_handshake_failures_total", side="client") == 0
         assert_alive(proxy)
