@@ -124,7 +124,8 @@ class Proxy:
         self._probed_at = -1e9
         #: How links reach brokers; None is the loop's create_connection (tests substitute it).
         self.connector: Connector | None = None
-        #: TLS towards the brokers (--upstream-tls): links and probes use it; files read now.
+        #: TLS towards the brokers (--upstream-tls): links and probes use it; replaced when
+        #: reload_tls rebuilds the context from changed files.
         self.upstream_tls: UpstreamTLS | None = None
         #: Certificate files re-read when they change: (side, files) for "client", "upstream".
         self.tls_files: list[tuple[str, Reloadable]] = []
