@@ -39,23 +39,38 @@ def _healthcheck_argv() -> list[str]:
     return argv
 
 
-def test_base_image_is_python_slim() -> None:
+def test_runs_on_python_slim_built_by_the_same_python() -> None:
+    """A full-image build stage (with a C compiler) makes the wheel; the runtime stage is
+    slim, of the same Python minor, so the compiled wheel fits it."""
     assert PARSER.baseimage == "python:3.11-slim"
-    assert len(_all("FROM")) == 1
+    assert _all("FROM") == ["python:3.11 AS build", "python:3.11-slim"]
 
 
-def test_installs_the_package_with_the_fast_extra() -> None:
-    (run,) = [r for r in _all("RUN") if "pip install" in r]
-    assert re.search(r"pip install '?/src\[fast\]'?", run), run
+def test_builds_the_compiled_wheel_by_default() -> None:
+    assert "IDEMPROXY_MYPYC=1" in _all("ARG")
+    (build,) = [r for r in _all("RUN") if "pip wheel" in r]
+    assert "IDEMPROXY_MYPYC=$IDEMPROXY_MYPYC pip wheel --no-build-isolation" in build
+    assert "mypy" in build
+    assert "setuptools>=77" in build  # reads pyproject's SPDX license string
+
+
+def test_installs_the_wheel_with_the_fast_extra() -> None:
+    (run,) = [r for r in _all("RUN") if "pip install" in r and "rm -rf /wheels" in r]
+    assert re.search(r'pip install "\$\(ls /wheels/idemproxy-\*\.whl\)\[fast\]"', run), run
+    assert "rm -rf /wheels" in run
 
 
 def test_copies_what_pip_install_needs() -> None:
-    """The files the build reads (pyproject's readme and packages) are all copied."""
+    """The files the build reads (pyproject's readme, setup.py and packages) are all copied."""
     copied = {
-        src for value in _all("COPY") for src in value.split()[:-1] if not src.startswith("--")
+        src
+        for value in _all("COPY")
+        if not value.startswith("--from")
+        for src in value.split()[:-1]
     }
     project = PYPROJECT["project"]
     assert "pyproject.toml" in copied
+    assert "setup.py" in copied
     assert project["readme"] in copied
     packages = PYPROJECT["tool"]["setuptools"]["packages"]["find"]["include"]
     assert {p.rstrip("*") for p in packages} <= copied
@@ -76,7 +91,7 @@ def _dockerignore_excludes(path: str, patterns: list[str]) -> bool:
 def test_dockerignore_sends_only_the_sources() -> None:
     ignore = DOCKERFILE.with_name("Dockerfile.dockerignore").read_text().splitlines()
     patterns = [line.strip() for line in ignore if line.strip() and not line.startswith("#")]
-    for needed in ("pyproject.toml", "README.md", "proxy", "proxy/cli.py"):
+    for needed in ("pyproject.toml", "README.md", "setup.py", "proxy", "proxy/cli.py"):
         assert not _dockerignore_excludes(needed, patterns), needed
     for unneeded in (".git", "integration", "tests", ".hypothesis", "deploy"):
         assert _dockerignore_excludes(unneeded, patterns), unneeded
