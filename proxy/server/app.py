@@ -30,6 +30,7 @@ from proxy.server.link import Connector, Link, wall_ms
 from proxy.server.metrics import Metrics
 from proxy.server.pump import Pump
 from proxy.server.tls import UpstreamTLS, upstream_context
+from proxy.wire.sasl_client import SaslCredentials
 
 log = logging.getLogger("idemproxy.server")
 
@@ -102,7 +103,23 @@ class Proxy:
                 lambda: stamper.lines,
                 lambda: stamper.evictions,
             )
-        self.shared = Shared(self.directory, produce, stamper=self.stamper)
+        #: The sidecar's own SASL (--upstream-sasl-mechanism): links and probes use it.
+        self.upstream_sasl: SaslCredentials | None = None
+        if config.upstream_sasl_mechanism is not None:
+            assert config.upstream_sasl_username is not None
+            assert config.upstream_sasl_password is not None
+            self.upstream_sasl = SaslCredentials(
+                config.upstream_sasl_mechanism,
+                config.upstream_sasl_username,
+                config.upstream_sasl_password,
+            )
+            if config.upstream_sasl_mechanism == "PLAIN" and not config.upstream_tls:
+                log.warning(
+                    "SASL PLAIN without --upstream-tls: the password crosses the network as it is"
+                )
+        self.shared = Shared(
+            self.directory, produce, stamper=self.stamper, upstream_sasl=self.upstream_sasl
+        )
         self._servers: list[asyncio.Server] = []
         self._http: asyncio.Server | None = None
         self.bootstrap_address: Address | None = None
@@ -232,7 +249,12 @@ class Proxy:
     async def _probe(self) -> None:
         timeout = min(self.config.connect_timeout, 5.0)
         self._upstream_problem = await probe_upstream(
-            self.upstream_targets, timeout, self.upstream_tls, self._handshake_failed
+            self.upstream_targets,
+            timeout,
+            self.upstream_tls,
+            self._handshake_failed,
+            sasl=self.upstream_sasl,
+            observe_sasl=self._sasl_failed,
         )
         self._probed_at = time.monotonic()
         self.metrics.upstream_up.set(0 if self._upstream_problem else 1)
@@ -242,6 +264,9 @@ class Proxy:
     def _handshake_failed(self, reason: str) -> None:
         self.metrics.tls_handshake_failures.labels("upstream", reason).inc()
 
+    def _sasl_failed(self, reason: str) -> None:
+        self.metrics.sasl_failures.labels("upstream", reason).inc()
+
     async def _learn_producer_expiry(self, per_broker: float) -> None:
         """Keep the engine's memory within the brokers' producer.id.expiration.ms.
 
@@ -250,7 +275,12 @@ class Proxy:
         """
         brokers = self.directory.known_brokers()
         learned = await probe_producer_expiry(
-            brokers, per_broker, self.upstream_tls, self._handshake_failed
+            brokers,
+            per_broker,
+            self.upstream_tls,
+            self._handshake_failed,
+            sasl=self.upstream_sasl,
+            observe_sasl=self._sasl_failed,
         )
         if learned is None:
             return

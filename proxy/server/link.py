@@ -21,6 +21,7 @@ from proxy.errors import ProxyError
 from proxy.routing.session import Output, Session
 from proxy.server.pump import Pump
 from proxy.server.tls import describe_failure, failure_reason, is_handshake_failure
+from proxy.wire.sasl_client import SaslAuthenticationFailed
 
 if TYPE_CHECKING:
     from proxy.server.app import Proxy
@@ -75,6 +76,8 @@ class Link:
         self.upstream_target: Address | None = None
         #: Whether the broker has sent anything (after that, a TLS error is not a handshake's).
         self._upstream_spoke = False
+        #: Client reading stays paused until the sidecar's own SASL has authenticated upstream.
+        self._resume_after_auth = False
         self.client_side = _ClientSide(self)
         self.upstream_side = _UpstreamSide(self)
 
@@ -172,6 +175,20 @@ class Link:
             )
         self.finish()
 
+    def _sasl_failed(self, kind: str, reason: str) -> None:
+        """The sidecar's SASL failed on the upstream connection: counted, one line, closed."""
+        self.proxy.metrics.sasl_failures.labels("upstream", kind).inc()
+        self.proxy.metrics.connection_errors.labels("upstream_sasl").inc()
+        log.warning(
+            "upstream SASL authentication failed, closing client connection",
+            extra={"peer": self.peer, "reason": f"{self.upstream_target}: {kind} ({reason})"},
+        )
+        if self.client is not None:
+            self.client.abort()
+        if self.upstream is not None:
+            self.upstream.abort()
+        self.finish()
+
     def _tls_failed(self, target: Address, exc: BaseException) -> str:
         """Count a failed handshake with target; the text naming the broker and the reason."""
         reason = failure_reason(exc)
@@ -185,20 +202,32 @@ class Link:
         if not self.client_open or self.finished:
             transport.close()
             return
+        own = self.session.upstream_connected()  # the sidecar's SASL goes first
+        if own.upstream:
+            transport.writelines(own.upstream)
         if self._early:
             transport.writelines(self._early)
             self._early.clear()
-        if self.client is not None:
+        if not self.session.upstream_ready:
+            self._resume_after_auth = True
+        elif self.client is not None:
             self.client.resume_reading()
 
     def upstream_data(self, data: bytes) -> None:
         self._upstream_spoke = True
         try:
             out = self.session.receive_upstream(data)
+        except SaslAuthenticationFailed as exc:
+            self._sasl_failed(exc.kind, exc.reason)
+            return
         except ProxyError as exc:
             self._bad_input("upstream", exc)
             return
         self.apply(out)
+        if self._resume_after_auth and self.session.upstream_ready:
+            self._resume_after_auth = False
+            if self.client is not None and self.client_open:
+                self.client.resume_reading()
         if not self.client_open and self.session.awaiting_upstream == 0:
             self._close_upstream()
         if self.proxy.stopping:
@@ -224,6 +253,14 @@ class Link:
             log.warning(
                 "upstream TLS handshake failed, closing client connection",
                 extra={"peer": self.peer, "reason": self._tls_failed(self.upstream_target, exc)},
+            )
+        elif (
+            self.session.upstream_sasl is not None
+            and self.session.upstream_sasl.in_progress
+            and not self.finished
+        ):
+            self._sasl_failed(
+                "other", "the broker closed the connection during SASL authentication"
             )
         elif unanswered and self.client_open:
             log.warning(
