@@ -78,6 +78,7 @@ class Link:
         self._upstream_spoke = False
         #: Client reading stays paused until the sidecar's own SASL has authenticated upstream.
         self._resume_after_auth = False
+        self._authentications = 0  # of the sidecar's SASL on this upstream connection, logged
         self.client_side = _ClientSide(self)
         self.upstream_side = _UpstreamSide(self)
 
@@ -224,6 +225,15 @@ class Link:
             self._bad_input("upstream", exc)
             return
         self.apply(out)
+        sasl = self.session.upstream_sasl
+        if sasl is not None and sasl.authentications != self._authentications:
+            self._authentications = sasl.authentications
+            log.debug(
+                "upstream SASL authenticated"
+                if sasl.authentications == 1
+                else "upstream SASL re-authenticated",
+                extra={"peer": self.peer, "upstream": str(self.upstream_target)},
+            )
         if self._resume_after_auth and self.session.upstream_ready:
             self._resume_after_auth = False
             if self.client is not None and self.client_open:
