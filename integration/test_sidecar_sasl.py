@@ -175,6 +175,11 @@ def test_scram_over_sasl_plaintext(rig: SaslRig, topic_name: str) -> None:
         _read_back(proxy, topic_name, values)
 
 
+#: What a client's ApiVersions (v0, correlation id 1) gets when the sidecar's SASL failed:
+#: SASL_AUTHENTICATION_FAILED (58), then the connection closes.
+REFUSED = struct.pack(">iihi", 10, 1, 58, 0)
+
+
 def _client_sees_close(proxy: ProxyProcess) -> tuple[bytes, str]:
     """A plaintext client's ApiVersions through the proxy: what comes back before EOF, and
     the client's address as the proxy logs it."""
@@ -197,7 +202,7 @@ def test_a_wrong_password_closes_the_client_logs_once_counts_and_fails_readyz(
     broker = "{}:{}".format(*rig.cluster.listener_address("SASL_SSL", 1))
     with _proxy(rig, "SASL_SSL", "SCRAM-SHA-512", password_file=wrong) as proxy:
         received, peer = _client_sees_close(proxy)
-        assert received == b"", "the client's connection is closed unanswered"
+        assert received == REFUSED, "the client is told why, then its connection closes"
         deadline = time.monotonic() + 10
         while not _events(proxy, SASL_FAILED, peer) and time.monotonic() < deadline:
             time.sleep(0.05)
@@ -234,7 +239,7 @@ def test_a_listener_without_sasl_is_reported_as_illegal_sasl_state(rig: SaslRig)
         ],
     ) as proxy:  # fmt: skip
         received, _ = _client_sees_close(proxy)
-        assert received == b""
+        assert received == REFUSED
         status, body = _readyz(proxy)
         assert status == 503
         assert "SASL authentication failed: illegal_sasl_state" in body, body

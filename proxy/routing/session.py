@@ -193,6 +193,11 @@ class Session:
         return self._held is None
 
     @property
+    def unanswered(self) -> list[RequestHeader]:
+        """The client's requests not answered yet, oldest first."""
+        return [exchange.header for exchange in self._order]
+
+    @property
     def awaiting_upstream(self) -> int:
         """Requests forwarded whose responses have not arrived yet."""
         return len(self._awaiting)

@@ -24,17 +24,20 @@ from proxy.errors import UnsupportedVersion
 from proxy.routing.handlers import BaseHandler
 from proxy.routing.session import Exchange, Output, Session
 from proxy.wire.apis import ApiKey
+from proxy.wire.codec import response_class
 from proxy.wire.frames import frame
-from proxy.wire.headers import peek_request_header
+from proxy.wire.headers import RequestHeader, peek_request_header
 from proxy.wire.sasl_client import (
     ILLEGAL_SASL_STATE,
     SASL_AUTHENTICATE,
+    SASL_AUTHENTICATION_FAILED,
     Request,
+    SaslAuthenticationFailed,
     SaslClient,
     SaslCredentials,
 )
 
-__all__ = ["SASL_APIS", "UpstreamSasl"]
+__all__ = ["SASL_APIS", "UpstreamSasl", "refused_api_versions"]
 
 #: The API keys of a client's own SASL exchange, answered by the sidecar.
 SASL_APIS: tuple[int, ...] = (ApiKey.SASL_HANDSHAKE, SASL_AUTHENTICATE)
@@ -115,7 +118,11 @@ class UpstreamSasl(BaseHandler):
         sasl = self._exchange
         if sasl is None:  # pragma: no cover - only the proxy's own requests come back here
             raise AssertionError("a SASL response with no exchange in progress")
-        following = sasl.receive(body)  # raises SaslAuthenticationFailed
+        try:
+            following = sasl.receive(body)
+        except SaslAuthenticationFailed:
+            self._exchange = None
+            raise
         if following is not None:
             self._send(following, out)
             return
@@ -165,3 +172,23 @@ class UpstreamSasl(BaseHandler):
             )
         answer.with_header(correlation_id=header.correlation_id)
         exchange.response = frame(bytes(answer.encode(header=True)))
+
+
+def refused_api_versions(header: RequestHeader) -> bytes | None:
+    """The answer to a client's ApiVersions after the sidecar's SASL failed: the error
+    SASL_AUTHENTICATION_FAILED, which clients log ("Received error SASL_AUTHENTICATION_FAILED
+    ... when making an ApiVersionsRequest") before they disconnect; None for other requests.
+
+    Not a broker's answer (a broker fails the client's own SaslAuthenticate instead): a
+    client without SASL has no other place to be told why its connection closes.
+    """
+    if header.api_key != ApiKey.API_VERSIONS:
+        return None
+    # At v0 whatever the request's version, as a broker answers UNSUPPORTED_VERSION: clients
+    # read an ApiVersions error body as v0 (kafka-python always, the Java client when the
+    # request's version does not parse).
+    answer = response_class(ApiKey.API_VERSIONS)[0](
+        error_code=SASL_AUTHENTICATION_FAILED, api_keys=[]
+    )
+    answer.with_header(correlation_id=header.correlation_id)
+    return frame(bytes(answer.encode(header=True)))

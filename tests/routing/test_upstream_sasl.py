@@ -21,8 +21,10 @@ from proxy.errors import UnsupportedVersion
 from proxy.idempotence.coordinator import ProduceCoordinator
 from proxy.idempotence.engine import IdempotenceEngine
 from proxy.routing.session import Output, Session, Shared
-from proxy.wire.frames import frame
-from proxy.wire.headers import peek_correlation_id
+from proxy.routing.upstream_sasl import refused_api_versions
+from proxy.wire.codec import decode_response
+from proxy.wire.frames import FrameDecoder, frame
+from proxy.wire.headers import RequestHeader, peek_correlation_id
 from proxy.wire.sasl_client import SaslAuthenticationFailed, SaslCredentials
 from tests.routing._support import (
     client_frames,
@@ -229,3 +231,19 @@ def test_without_sidecar_sasl_the_session_sends_nothing_of_its_own() -> None:
     assert session.principal is None
     request = encode_request(SaslHandshakeRequest[1](mechanism="PLAIN"), 5)
     assert session.receive_client(frame(request)).upstream == [frame(request)]
+
+
+@pytest.mark.parametrize("version", [0, 1, 2, 3, 4, 9])
+def test_after_a_failed_sasl_apiversions_is_answered_sasl_authentication_failed(
+    version: int,
+) -> None:
+    answer = refused_api_versions(RequestHeader(18, version, 41))
+    assert answer is not None
+    (body,) = FrameDecoder().feed(answer)
+    assert peek_correlation_id(body) == 41
+    decoded = decode_response(18, 0, body)  # error bodies are v0, as the broker's own
+    assert (decoded.error_code, decoded.api_keys) == (58, [])
+
+
+def test_after_a_failed_sasl_other_requests_get_no_answer() -> None:
+    assert refused_api_versions(RequestHeader(3, 12, 41)) is None

@@ -20,6 +20,12 @@ from tests.server.test_link import UPSTREAM, FakeTransport, Rig, produce, settle
 from tests.wire.sasl_broker import FakeBroker
 
 
+def api_versions(version: int, correlation_id: int) -> bytes:
+    client_id = b"app"
+    header = struct.pack(">hhih", 18, version, correlation_id, len(client_id)) + client_id
+    return frame(header + (b"\x00\x00\x00" if version >= 3 else b""))
+
+
 class SaslRig(Rig):
     """Rig's fake sockets, with a proxy doing SCRAM-SHA-512 as alice."""
 
@@ -95,10 +101,13 @@ async def test_a_refused_password_is_counted_logged_once_and_closes_the_client(
     assert rig.pending == 1
     rig.answer_sasl(FakeBroker(password="right"))
     await settle()
-    assert rig.link.finished
-    assert rig.client.aborted
-    assert rig.pending == 0
+    assert rig.pending == 0, "what the client sent meanwhile is settled at once"
+    assert rig.upstream is not None
+    assert rig.upstream.aborted
     assert rig.failures("sasl_authentication_failed") == 1
+    assert rig.link.finished
+    assert rig.client.closed
+    assert rig.client.written == [], "a Produce gets no answer, the connection closes"
     lines = [r for r in warnings.records if "SASL" in r.getMessage()]
     assert [r.getMessage() for r in lines] == [
         "upstream SASL authentication failed, closing client connection"
@@ -109,6 +118,73 @@ async def test_a_refused_password_is_counted_logged_once_and_closes_the_client(
     assert "pw-WRONG-1" not in reason
 
 
+async def test_the_clients_first_apiversions_is_answered_with_the_reason() -> None:
+    rig = SaslRig(password="wrong")
+    await rig.start()
+    rig.answer_sasl(FakeBroker(password="right"))
+    # The client, not read so far, is read for its first request.
+    assert rig.client.reading
+    assert not rig.link.finished
+    rig.link.client_data(api_versions(3, correlation_id=9))
+    (answer,) = rig.client.written
+    assert answer == frame(b"\x00\x00\x00\x09" + b"\x00\x3a" + b"\x00\x00\x00\x00")
+    assert not rig.link.finished, "the client reads the answer and closes"
+    rig.link.client_lost()
+    assert rig.link.finished
+
+
+async def test_an_apiversions_read_before_the_failure_is_answered_with_the_reason() -> None:
+    rig = SaslRig(password="wrong")
+    await rig.start()
+    rig.link.client_data(api_versions(3, correlation_id=5))  # delivered as reading paused
+    rig.answer_sasl(FakeBroker(password="right"))
+    (answer,) = rig.client.written
+    assert answer[4:8] == b"\x00\x00\x00\x05"
+    assert answer[8:10] == b"\x00\x3a"
+    rig.link.client_data(produce(6))  # a client that goes on anyway
+    assert rig.link.finished
+    assert len(rig.client.written) == 1
+
+
+async def test_after_a_failed_authentication_other_requests_are_closed_unanswered() -> None:
+    rig = SaslRig(password="wrong")
+    await rig.start()
+    rig.answer_sasl(FakeBroker(password="right"))
+    assert not rig.link.finished
+    rig.link.client_data(produce(3))
+    assert rig.link.finished
+    assert rig.client.written == []
+
+
+async def test_a_silent_client_is_closed_after_the_grace(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr("proxy.server.link._REFUSAL_GRACE_SECONDS", 0.01)
+    rig = SaslRig(password="wrong")
+    await rig.start()
+    rig.answer_sasl(FakeBroker(password="right"))
+    assert not rig.link.finished
+    await asyncio.sleep(0.05)
+    assert rig.link.finished
+    assert rig.client.closed
+
+
+async def test_a_failed_reauthentication_closes_the_client_at_once() -> None:
+    rig = SaslRig()
+    await rig.start()
+    broker = FakeBroker(lifetime_ms=60_000)
+    rig.answer_sasl(broker)
+    broker.password = "rotated"
+    sasl = rig.link.session.upstream_sasl
+    assert sasl is not None
+    assert sasl.reauth_at is not None
+    rig.link.apply(rig.link.session.on_timer(sasl.reauth_at))
+    rig.answer_sasl(broker)
+    assert rig.link.finished
+    assert rig.client.aborted
+    assert rig.failures("sasl_authentication_failed") == 1
+
+
 async def test_the_broker_closing_during_authentication_counts_as_other(
     warnings: pytest.LogCaptureFixture,
 ) -> None:
@@ -117,8 +193,9 @@ async def test_the_broker_closing_during_authentication_counts_as_other(
     assert rig.sent_upstream()  # the exchange has begun
     rig.link.upstream_lost()
     await settle()
-    assert rig.link.finished
     assert rig.failures("other") == 1
+    rig.link.client_data(api_versions(0, correlation_id=4))
+    assert len(rig.client.written) == 1
     (line,) = [r for r in warnings.records if "SASL" in r.getMessage()]
     assert "closed the connection during SASL authentication" in line.__dict__["reason"]
 
