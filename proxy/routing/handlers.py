@@ -157,11 +157,4 @@ def handlers_for(session: Session) -> tuple[dict[int, Handler], Handler]:
         handlers[key] = RewriteHandler(shared, VERSION_CAPS[key])
     for key in HIDDEN_APIS:
         handlers[key] = hidden
-    if shared.upstream_sasl is not None:
-        # The sidecar authenticates upstream itself; a client's own SASL is answered here.
-        from proxy.routing.upstream_sasl import SASL_APIS, UpstreamSasl
-
-        sidecar = UpstreamSasl(session, shared.upstream_sasl)
-        for sasl_key in SASL_APIS:
-            handlers[sasl_key] = sidecar
     return handlers, opaque

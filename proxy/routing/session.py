@@ -163,22 +163,28 @@ class Session:
         self._awaiting: deque[tuple[Exchange, int, object]] = deque()
         self._observer: Observer = observer or _NullObserver()
         self._clock = clock
-        #: Who the broker knows this connection as: the SASL user (PLAIN, SCRAM), the token's
-        #: subject (OAUTHBEARER), the client certificate's subject (mTLS), or the sidecar's
-        #: own user. None: no authentication on this connection. A retry is answered locally
-        #: only for the principal whose batch the broker acknowledged (issue 11).
-        self.principal: str | None = None
         #: Forwards waiting while the proxy's own SASL exchange holds the upstream connection
         #: (None: not held): (exchange, body, correlation id, tag, expect_response).
         self._held: list[tuple[Exchange, bytes, int | None, object, bool]] | None = None
-        #: The sidecar's SASL on the upstream connection (set by its handler when configured).
+        #: The sidecar's SASL on the upstream connection (--upstream-sasl-mechanism), or None.
         self.upstream_sasl: UpstreamSasl | None = None
         self._handlers, self._default = handlers_for(self)
+        if self.shared.upstream_sasl is not None:
+            # The sidecar authenticates upstream itself; a client's own SASL is answered here.
+            from proxy.routing.upstream_sasl import SASL_APIS, UpstreamSasl
+
+            sidecar = UpstreamSasl(self, self.shared.upstream_sasl)
+            self._handlers.update(dict.fromkeys(SASL_APIS, sidecar))
         # Each handler once, for close and timers (one instance may serve several API keys).
         self._chain: list[Handler] = list({id(h): h for h in self._handlers.values()}.values())
         self._closed = False
         #: The broker's ApiVersions ranges (api key -> min, max), once the client asked.
         self.broker_versions: dict[int, tuple[int, int]] = {}
+        #: Who the broker knows this connection as: the SASL user (PLAIN, SCRAM), the token's
+        #: subject (OAUTHBEARER), the client certificate's subject (mTLS), or the sidecar's
+        #: own user. None: no authentication on this connection. A retry is answered locally
+        #: only for the principal whose batch the broker acknowledged (issue 11).
+        self.principal: str | None = None
 
     def upstream_connected(self) -> Output:
         """The upstream connection is up: what the proxy itself sends first (its SASL)."""

@@ -78,8 +78,6 @@ class UpstreamSasl(BaseHandler):
         self.reauth_at: int | None = None
         #: Times the connection authenticated (the first, then each re-authentication).
         self.authentications = 0
-        # Every request this connection forwards is the configured user's at the broker.
-        session.principal = credentials.username
         session.upstream_sasl = self
         session.hold_upstream()
 
@@ -90,6 +88,8 @@ class UpstreamSasl(BaseHandler):
 
     def connected(self, out: Output) -> None:
         """The upstream connection is up: authenticate before anything else goes up."""
+        # Every request this connection forwards reaches the broker as the configured user.
+        self._session.principal = self._credentials.username
         if self._exchange is None and self.authentications == 0:
             self._begin(out)
 

@@ -97,8 +97,9 @@ def test_nothing_goes_up_before_the_sidecar_has_authenticated() -> None:
     assert session.upstream_sasl.authentications == 1
 
 
-def test_the_connection_is_the_configured_users() -> None:
+def test_the_connection_is_the_configured_users_once_connected() -> None:
     session, _ = sidecar_session()
+    session.upstream_connected()
     assert session.principal == "alice"
 
 
