@@ -101,6 +101,14 @@ class ProxyConfig:
     producer_state_expiry: int = 86_400_000
     """Milliseconds of inactivity after which a producer's state is forgotten
     (like the broker's ``producer.id.expiration.ms``)."""
+    upstream_sasl_mechanism: UpstreamSaslMechanism | None = None
+    """SASL mechanism the proxy authenticates every upstream connection with; None: none."""
+    upstream_sasl_username: str | None = None
+    """The SASL user every upstream connection authenticates as."""
+    upstream_sasl_password_file: Path | None = None
+    """File whose content (one trailing newline removed) is the SASL password."""
+    upstream_sasl_password: str | None = dataclasses.field(default=None, repr=False)
+    """The SASL password (from the file or IDEMPROXY_UPSTREAM_SASL_PASSWORD); never shown."""
     upstream_tls: bool = False
     """Connect to the brokers over TLS (bootstrap, broker and probe connections)."""
     upstream_ca: Path | None = None
@@ -112,14 +120,6 @@ class ProxyConfig:
     upstream_server_name: str | None = None
     """Name verified in every broker's certificate (and sent as SNI) instead of the host
     connected to."""
-    upstream_sasl_mechanism: UpstreamSaslMechanism | None = None
-    """SASL mechanism the proxy authenticates every upstream connection with; None: none."""
-    upstream_sasl_username: str | None = None
-    """The SASL user every upstream connection authenticates as."""
-    upstream_sasl_password_file: Path | None = None
-    """File whose content (one trailing newline removed) is the SASL password."""
-    upstream_sasl_password: str | None = dataclasses.field(default=None, repr=False)
-    """The SASL password (from the file or IDEMPROXY_UPSTREAM_SASL_PASSWORD); never shown."""
     log_level: LogLevel = "info"
     log_format: LogFormat = "text"
     shutdown_timeout: float = 10.0
@@ -525,6 +525,36 @@ OPTIONS: dict[str, Option] = {
             f"smaller one [default: {_default('producer_state_expiry')}].",
         ),
         Option(
+            "upstream_sasl_mechanism",
+            _sasl_mechanism,
+            "|".join(UPSTREAM_SASL_MECHANISMS),
+            "Authenticate every connection to the brokers with SASL (clients then connect "
+            "without credentials); needs --upstream-sasl-username and a password "
+            "[default: no SASL].",
+        ),
+        Option(
+            "upstream_sasl_username",
+            _sasl_username,
+            "USER",
+            "SASL user the proxy authenticates as (the principal of every request it forwards) "
+            "[default: none].",
+        ),
+        Option(
+            "upstream_sasl_password_file",
+            _readable_file,
+            "FILE",
+            "File holding the SASL password (read at start; one trailing newline ignored). "
+            "Or set the password itself in IDEMPROXY_UPSTREAM_SASL_PASSWORD [default: none].",
+        ),
+        Option(
+            "upstream_sasl_password",
+            _secret,
+            "PASSWORD",
+            "The SASL password; environment variable or config file only, never on the "
+            "command line [default: none].",
+            cli=False,
+        ),
+        Option(
             "upstream_tls",
             _boolean,
             "",
@@ -557,36 +587,6 @@ OPTIONS: dict[str, Option] = {
             "NAME",
             "Name verified in every broker's certificate and sent as SNI [default: the host "
             "connected to: the bootstrap host, or the broker's advertised host].",
-        ),
-        Option(
-            "upstream_sasl_mechanism",
-            _sasl_mechanism,
-            "|".join(UPSTREAM_SASL_MECHANISMS),
-            "Authenticate every connection to the brokers with SASL (clients then connect "
-            "without credentials); needs --upstream-sasl-username and a password "
-            "[default: no SASL].",
-        ),
-        Option(
-            "upstream_sasl_username",
-            _sasl_username,
-            "USER",
-            "SASL user the proxy authenticates as (the principal of every request it forwards) "
-            "[default: none].",
-        ),
-        Option(
-            "upstream_sasl_password_file",
-            _readable_file,
-            "FILE",
-            "File holding the SASL password (read at start; one trailing newline ignored). "
-            "Or set the password itself in IDEMPROXY_UPSTREAM_SASL_PASSWORD [default: none].",
-        ),
-        Option(
-            "upstream_sasl_password",
-            _secret,
-            "PASSWORD",
-            "The SASL password; environment variable or config file only, never on the "
-            "command line [default: none].",
-            cli=False,
         ),
         Option(
             "log_level",
@@ -719,40 +719,9 @@ def load_config(
             )
         values["broker_port_base"] = listen.port + 1
 
-    _check_upstream_tls(values, sources)
     _check_upstream_sasl(values, sources)
+    _check_upstream_tls(values, sources)
     return ProxyConfig(**values)  # type: ignore[arg-type]
-
-
-_TLS_DETAILS = ("upstream_ca", "upstream_cert", "upstream_key", "upstream_server_name")
-
-
-def _check_upstream_tls(values: Mapping[str, object], sources: Mapping[str, str]) -> None:
-    """The --upstream-* TLS settings make sense together, and their files load."""
-    if not values.get("upstream_tls"):
-        for name in _TLS_DETAILS:
-            if name in values:
-                raise ConfigError(name, sources[name], "has no effect without --upstream-tls")
-        return
-    cert, key = values.get("upstream_cert"), values.get("upstream_key")
-    if (cert is None) != (key is None):
-        given, missing = (
-            ("upstream_cert", "upstream_key") if key is None else ("upstream_key", "upstream_cert")
-        )
-        flag = "--" + missing.replace("_", "-")
-        raise ConfigError(
-            given,
-            sources[given],
-            f"needs {flag} too (a client certificate needs both a certificate and its key)",
-        )
-    try:
-        upstream_context(
-            cast(Path | None, values.get("upstream_ca")),
-            cast(Path | None, cert),
-            cast(Path | None, key),
-        )
-    except TLSSetupError as e:
-        raise ConfigError(e.option, sources.get(e.option, SOURCE_DEFAULT), e.reason) from None
 
 
 _SASL_DETAILS = ("upstream_sasl_username", "upstream_sasl_password_file", "upstream_sasl_password")
@@ -797,6 +766,37 @@ def _check_upstream_sasl(values: dict[str, object], sources: Mapping[str, str]) 
         raise ConfigError(
             "upstream_sasl_password_file", sources["upstream_sasl_password_file"], str(e)
         ) from None
+
+
+_TLS_DETAILS = ("upstream_ca", "upstream_cert", "upstream_key", "upstream_server_name")
+
+
+def _check_upstream_tls(values: Mapping[str, object], sources: Mapping[str, str]) -> None:
+    """The --upstream-* TLS settings make sense together, and their files load."""
+    if not values.get("upstream_tls"):
+        for name in _TLS_DETAILS:
+            if name in values:
+                raise ConfigError(name, sources[name], "has no effect without --upstream-tls")
+        return
+    cert, key = values.get("upstream_cert"), values.get("upstream_key")
+    if (cert is None) != (key is None):
+        given, missing = (
+            ("upstream_cert", "upstream_key") if key is None else ("upstream_key", "upstream_cert")
+        )
+        flag = "--" + missing.replace("_", "-")
+        raise ConfigError(
+            given,
+            sources[given],
+            f"needs {flag} too (a client certificate needs both a certificate and its key)",
+        )
+    try:
+        upstream_context(
+            cast(Path | None, values.get("upstream_ca")),
+            cast(Path | None, cert),
+            cast(Path | None, key),
+        )
+    except TLSSetupError as e:
+        raise ConfigError(e.option, sources.get(e.option, SOURCE_DEFAULT), e.reason) from None
 
 
 def misspelled_env_vars(environ: Mapping[str, str]) -> list[tuple[str, str]]:

@@ -427,6 +427,8 @@ def test_unreadable_config_file_is_an_error_naming_where_it_was_given(tmp_path: 
 
 
 TLS_FILE_EXAMPLES = {"upstream_ca", "upstream_cert", "upstream_key", "upstream_server_name"}
+
+
 #: The SASL examples name a password file this machine does not have (tests/test_config_sasl.py).
 SASL_EXAMPLES = {
     "upstream_sasl_mechanism",

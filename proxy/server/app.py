@@ -84,6 +84,21 @@ class Proxy:
             lambda: self.engine.expiry_ms,
         )
         self.tasks = TaskSet()
+        #: The sidecar's own SASL (--upstream-sasl-mechanism): links (through Shared) and
+        #: probes use it.
+        self.upstream_sasl: SaslCredentials | None = None
+        if config.upstream_sasl_mechanism is not None:
+            assert config.upstream_sasl_username is not None
+            assert config.upstream_sasl_password is not None
+            self.upstream_sasl = SaslCredentials(
+                config.upstream_sasl_mechanism,
+                config.upstream_sasl_username,
+                config.upstream_sasl_password,
+            )
+            if config.upstream_sasl_mechanism == "PLAIN" and not config.upstream_tls:
+                log.warning(
+                    "SASL PLAIN without --upstream-tls: the password crosses the network as it is"
+                )
         self.links: dict[int, Link] = {}
         self._session_ids = itertools.count(1)
         self.directory = BrokerDirectory(
@@ -103,27 +118,12 @@ class Proxy:
                 lambda: stamper.lines,
                 lambda: stamper.evictions,
             )
-        #: The sidecar's own SASL (--upstream-sasl-mechanism): links and probes use it.
-        self.upstream_sasl: SaslCredentials | None = None
-        if config.upstream_sasl_mechanism is not None:
-            assert config.upstream_sasl_username is not None
-            assert config.upstream_sasl_password is not None
-            self.upstream_sasl = SaslCredentials(
-                config.upstream_sasl_mechanism,
-                config.upstream_sasl_username,
-                config.upstream_sasl_password,
-            )
-            if config.upstream_sasl_mechanism == "PLAIN" and not config.upstream_tls:
-                log.warning(
-                    "SASL PLAIN without --upstream-tls: the password crosses the network as it is"
-                )
-        self.shared = Shared(
-            self.directory, produce, stamper=self.stamper, upstream_sasl=self.upstream_sasl
-        )
+        self.shared = Shared(self.directory, produce, stamper=self.stamper)
         self._servers: list[asyncio.Server] = []
         self._http: asyncio.Server | None = None
         self.bootstrap_address: Address | None = None
         self.upstream_targets = list(config.upstream)
+        self.shared.upstream_sasl = self.upstream_sasl
         self.stopping = False
         self._drained: asyncio.Event | None = None
         self._upstream_problem: str | None = "not probed yet"

@@ -84,6 +84,8 @@ class Link:
         self.upstream_target: Address | None = None
         #: Whether the broker has sent anything (after that, a TLS error is not a handshake's).
         self._upstream_spoke = False
+        self.client_side = _ClientSide(self)
+        self.upstream_side = _UpstreamSide(self)
         #: Client reading stays paused until the sidecar's own SASL has authenticated upstream.
         self._resume_after_auth = False
         self._authentications = 0  # of the sidecar's SASL on this upstream connection, logged
@@ -91,8 +93,6 @@ class Link:
         self._refusal: FrameDecoder | None = None
         self._refusal_timer: asyncio.TimerHandle | None = None
         self._refusal_answered = False
-        self.client_side = _ClientSide(self)
-        self.upstream_side = _UpstreamSide(self)
 
     # -- client ---------------------------------------------------------------
 

@@ -153,9 +153,9 @@ class Metrics:
         }
         for pid_result in ("obtained", "refused"):
             self.producer_ids.labels(pid_result)
+        self.connection_errors.labels("upstream_sasl")
         self.connection_errors.labels("upstream_unreachable")
         self.connection_errors.labels("upstream_tls")
-        self.connection_errors.labels("upstream_sasl")
         for reason in REFUSAL_REASONS:
             self.frames_refused.labels(reason)
         for reason in HANDSHAKE_FAILURE_REASONS:
