@@ -10,6 +10,7 @@ connections.max.reauth.ms of 5 s, KIP-368) and SASL (SASL_PLAINTEXT).
 from __future__ import annotations
 
 import json
+import logging
 import socket
 import struct
 import tempfile
@@ -226,6 +227,50 @@ def test_a_wrong_password_closes_the_client_logs_once_counts_and_fails_readyz(
         )
         assert proxy.metric("idemproxy_connection_errors_total", reason="upstream_sasl") >= 1
         assert proxy.metric("idemproxy_upstream_up") == 0
+
+
+def test_a_client_is_told_why_its_connection_closes(
+    rig: SaslRig, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """kafka-python names the proxy's answer to its ApiVersions (Java and librdkafka too, as
+    the README shows): the error reaches the client, not only the proxy's log."""
+    from kafka import KafkaProducer
+    from kafka.errors import KafkaTimeoutError
+
+    wrong = tmp_path / "password"
+    wrong.write_text("not-the-password-42")
+    caplog.set_level(logging.WARNING, logger="kafka")
+    with (
+        _proxy(rig, "SASL_SSL", "SCRAM-SHA-512", password_file=wrong) as proxy,
+        pytest.raises(KafkaTimeoutError),
+    ):
+        KafkaProducer(bootstrap_servers=proxy.bootstrap, max_block_ms=3000)
+    seen = [r.getMessage() for r in caplog.records]
+    assert any("SaslAuthenticationFailedError" in m for m in seen), seen
+
+
+def test_a_client_doing_sasl_itself_is_answered_as_by_a_listener_without_sasl(
+    rig: SaslRig,
+) -> None:
+    from confluent_kafka import Producer
+
+    errors: list[str] = []
+    with _proxy(rig, "SASL_SSL", "PLAIN", password_file=rig.password_file) as proxy:
+        producer = Producer(
+            {
+                "bootstrap.servers": proxy.bootstrap,
+                "security.protocol": "SASL_PLAINTEXT",
+                "sasl.mechanism": "PLAIN",
+                "sasl.username": USER,
+                "sasl.password": PASSWORD,
+                "error_cb": lambda err: errors.append(str(err)),
+            }
+        )
+        deadline = time.monotonic() + 15
+        while not errors and time.monotonic() < deadline:
+            producer.poll(0.2)
+        del producer
+    assert any("Request not valid in current SASL state" in e for e in errors), errors
 
 
 def test_a_listener_without_sasl_is_reported_as_illegal_sasl_state(rig: SaslRig) -> None:
