@@ -49,6 +49,8 @@ def main() -> None:
 
 def _serve_options(f: _F) -> _F:
     for option in reversed(OPTIONS.values()):
+        if not option.cli:
+            continue
         # A flag gives "true" (parsed like IDEMPROXY_UPSTREAM_TLS=true); absent is None.
         flag: dict[str, Any] = (
             {"is_flag": True, "flag_value": "true"} if option.name in _FLAGS else {}

@@ -20,7 +20,7 @@ import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, cast
+from typing import Literal, cast, get_args
 
 from proxy.address import Address
 from proxy.server.tls import TLSSetupError, listener_context, upstream_context
@@ -36,12 +36,15 @@ __all__ = [
     "LogFormat",
     "LogLevel",
     "NonIdempotentPolicy",
+    "UPSTREAM_SASL_MECHANISMS",
+    "UpstreamSaslMechanism",
     "Option",
     "ProxyConfig",
     "env_var_name",
     "load_config",
     "misspelled_env_vars",
     "parse_host_port",
+    "read_password",
 ]
 
 ENV_PREFIX = "IDEMPROXY_"
@@ -51,6 +54,11 @@ SOURCE_DEFAULT = "default"
 NonIdempotentPolicy = Literal["stamp", "pass", "reject"]
 LogLevel = Literal["debug", "info", "warning", "error"]
 LogFormat = Literal["text", "json"]
+UpstreamSaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]
+#: The mechanisms of --upstream-sasl-mechanism (kafka-python's, proxy.wire.sasl_client).
+UPSTREAM_SASL_MECHANISMS: tuple[str, ...] = get_args(UpstreamSaslMechanism)
+#: Largest password file read (a password, not a data file).
+_MAX_PASSWORD_BYTES = 64 << 10
 
 MAX_FRAME_BYTES_LIMIT = 2**31 - 1
 
@@ -93,6 +101,14 @@ class ProxyConfig:
     producer_state_expiry: int = 86_400_000
     """Milliseconds of inactivity after which a producer's state is forgotten
     (like the broker's ``producer.id.expiration.ms``)."""
+    upstream_sasl_mechanism: UpstreamSaslMechanism | None = None
+    """SASL mechanism the proxy authenticates every upstream connection with; None: none."""
+    upstream_sasl_username: str | None = None
+    """The SASL user every upstream connection authenticates as."""
+    upstream_sasl_password_file: Path | None = None
+    """File whose content (one trailing newline removed) is the SASL password."""
+    upstream_sasl_password: str | None = dataclasses.field(default=None, repr=False)
+    """The SASL password (from the file or IDEMPROXY_UPSTREAM_SASL_PASSWORD); never shown."""
     upstream_tls: bool = False
     """Connect to the brokers over TLS (bootstrap, broker and probe connections)."""
     upstream_ca: Path | None = None
@@ -296,6 +312,48 @@ def _is_ip(text: str) -> bool:
     return True
 
 
+def _sasl_mechanism(raw: object) -> str:
+    text = _as_text(raw, "a SASL mechanism").strip().upper()
+    if text not in UPSTREAM_SASL_MECHANISMS:
+        raise ValueError(f"expected one of {', '.join(UPSTREAM_SASL_MECHANISMS)}; got {raw!r}")
+    return text
+
+
+def _sasl_username(raw: object) -> str:
+    text = _as_text(raw, "a user name")
+    if not text.strip():
+        raise ValueError("must not be empty")
+    return text
+
+
+def _secret(raw: object) -> str:
+    """A password: its value never appears in an error message."""
+    if not isinstance(raw, str):
+        raise ValueError("expected the password as a string")
+    if not raw:
+        raise ValueError("must not be empty")
+    return raw
+
+
+def read_password(path: Path) -> str:
+    """The password in a file: UTF-8, one trailing newline (``echo`` writes one) removed."""
+    try:
+        with path.open("rb") as f:
+            data = f.read(_MAX_PASSWORD_BYTES + 1)
+    except OSError as e:
+        raise ValueError(f"cannot read {path}: {e.strerror or e}") from None
+    if len(data) > _MAX_PASSWORD_BYTES:
+        raise ValueError(f"{path} is larger than a password ({_MAX_PASSWORD_BYTES} bytes)")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ValueError(f"{path} is not UTF-8 text") from None
+    text = text.removesuffix("\n").removesuffix("\r")
+    if not text:
+        raise ValueError(f"{path} holds no password (empty)")
+    return text
+
+
 def _integer(low: int, high: int) -> Callable[[object], int]:
     def parse(raw: object) -> int:
         value: int
@@ -354,6 +412,9 @@ class Option:
     parse: Callable[[object], object]
     metavar: str
     help: str
+    #: False: no command-line flag (a password on the command line is visible to every
+    #: user of the machine); the environment variable and config file key remain.
+    cli: bool = True
 
     @property
     def flag(self) -> str:
@@ -471,6 +532,36 @@ OPTIONS: dict[str, Option] = {
             "Forget a producer after this much inactivity, like the broker's "
             "producer.id.expiration.ms; lowered to the brokers' own value when they report a "
             f"smaller one [default: {_default('producer_state_expiry')}].",
+        ),
+        Option(
+            "upstream_sasl_mechanism",
+            _sasl_mechanism,
+            "|".join(UPSTREAM_SASL_MECHANISMS),
+            "Authenticate every connection to the brokers with SASL (clients then connect "
+            "without credentials); needs --upstream-sasl-username and a password "
+            "[default: no SASL].",
+        ),
+        Option(
+            "upstream_sasl_username",
+            _sasl_username,
+            "USER",
+            "SASL user the proxy authenticates as (the principal of every request it forwards) "
+            "[default: none].",
+        ),
+        Option(
+            "upstream_sasl_password_file",
+            _readable_file,
+            "FILE",
+            "File holding the SASL password (read at start; one trailing newline ignored). "
+            "Or set the password itself in IDEMPROXY_UPSTREAM_SASL_PASSWORD [default: none].",
+        ),
+        Option(
+            "upstream_sasl_password",
+            _secret,
+            "PASSWORD",
+            "The SASL password; environment variable or config file only, never on the "
+            "command line [default: none].",
+            cli=False,
         ),
         Option(
             "upstream_tls",
@@ -665,9 +756,54 @@ def load_config(
             )
         values["broker_port_base"] = listen.port + 1
 
+    _check_upstream_sasl(values, sources)
     _check_upstream_tls(values, sources)
     _check_listen_tls(values, sources)
     return ProxyConfig(**values)  # type: ignore[arg-type]
+
+
+_SASL_DETAILS = ("upstream_sasl_username", "upstream_sasl_password_file", "upstream_sasl_password")
+
+
+def _check_upstream_sasl(values: dict[str, object], sources: Mapping[str, str]) -> None:
+    """A mechanism comes with a user and exactly one password source; the file is read now."""
+    if "upstream_sasl_mechanism" not in values:
+        for name in _SASL_DETAILS:
+            if name in values:
+                raise ConfigError(
+                    name, sources[name], "has no effect without --upstream-sasl-mechanism"
+                )
+        return
+    mechanism_source = sources["upstream_sasl_mechanism"]
+    if "upstream_sasl_username" not in values:
+        raise ConfigError(
+            "upstream_sasl_username",
+            SOURCE_DEFAULT,
+            f"required with --upstream-sasl-mechanism (from {mechanism_source})",
+        )
+    password_file = cast(Path | None, values.get("upstream_sasl_password_file"))
+    if password_file is not None and "upstream_sasl_password" in values:
+        raise ConfigError(
+            "upstream_sasl_password_file",
+            sources["upstream_sasl_password_file"],
+            f"the password is also set ({sources['upstream_sasl_password']}): give it once",
+        )
+    if password_file is None:
+        if "upstream_sasl_password" not in values:
+            raise ConfigError(
+                "upstream_sasl_password_file",
+                SOURCE_DEFAULT,
+                f"required with --upstream-sasl-mechanism (from {mechanism_source}): the "
+                f"password in a file, or in the {env_var_name('upstream_sasl_password')} "
+                "environment variable",
+            )
+        return
+    try:
+        values["upstream_sasl_password"] = read_password(password_file)
+    except ValueError as e:
+        raise ConfigError(
+            "upstream_sasl_password_file", sources["upstream_sasl_password_file"], str(e)
+        ) from None
 
 
 _TLS_DETAILS = ("upstream_ca", "upstream_cert", "upstream_key", "upstream_server_name")

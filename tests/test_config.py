@@ -431,6 +431,15 @@ TLS_FILE_EXAMPLES = {"upstream_ca", "upstream_cert", "upstream_key", "upstream_s
 TLS_FILE_EXAMPLES |= {"listen_tls_cert", "listen_tls_key", "listen_tls_client_ca"}
 
 
+#: The SASL examples name a password file this machine does not have (tests/test_config_sasl.py).
+SASL_EXAMPLES = {
+    "upstream_sasl_mechanism",
+    "upstream_sasl_username",
+    "upstream_sasl_password_file",
+    "upstream_sasl_password",
+}
+
+
 def test_example_config_documents_every_option_and_is_valid_when_uncommented(
     tmp_path: Path,
 ) -> None:
@@ -438,7 +447,7 @@ def test_example_config_documents_every_option_and_is_valid_when_uncommented(
     settings = re.findall(r"^# ([a-z_]+ = .*)$", text, flags=re.MULTILINE)
     assert sorted(line.split(" = ")[0] for line in settings) == sorted(OPTIONS)
     # The TLS examples name files this machine does not have (and need upstream_tls on).
-    loadable = [s for s in settings if s.split(" = ")[0] not in TLS_FILE_EXAMPLES]
+    loadable = [s for s in settings if s.split(" = ")[0] not in TLS_FILE_EXAMPLES | SASL_EXAMPLES]
     path = write_toml(tmp_path, "\n".join(loadable) + "\n")
     config = load(file=path)
     assert config.upstream == (
@@ -450,7 +459,13 @@ def test_example_config_documents_every_option_and_is_valid_when_uncommented(
 def test_example_config_shows_the_real_defaults() -> None:
     text = EXAMPLE_CONFIG.read_text(encoding="utf-8")
     shown = tomllib.loads("\n".join(re.findall(r"^# ([a-z_]+ = .*)$", text, flags=re.MULTILINE)))
-    examples_not_defaults = {"upstream", "advertised_host", "metrics_listen", *TLS_FILE_EXAMPLES}
+    examples_not_defaults = {
+        "upstream",
+        "advertised_host",
+        "metrics_listen",
+        *TLS_FILE_EXAMPLES,
+        *SASL_EXAMPLES,
+    }
     defaults = load(UPSTREAM)
     for name, value in shown.items():
         if name not in examples_not_defaults:

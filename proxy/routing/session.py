@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from proxy.errors import FrameError
 from proxy.idempotence.coordinator import ProduceCoordinator
@@ -27,6 +27,10 @@ from proxy.idempotence.topics import TopicNames
 from proxy.routing.directory import BrokerDirectory, BrokerDiscovered
 from proxy.wire.frames import DEFAULT_MAX_FRAME_BYTES, FrameDecoder, frame
 from proxy.wire.headers import RequestHeader, peek_correlation_id, peek_request_header
+
+if TYPE_CHECKING:
+    from proxy.routing.upstream_sasl import UpstreamSasl
+    from proxy.wire.sasl_client import SaslCredentials
 
 
 class Observer(Protocol):
@@ -111,7 +115,8 @@ class Handler(Protocol):
 
 class Shared:
     """What every connection of one proxy shares: the broker directory, the produce
-    coordinator (engine), the topic-id map, and the stamper (None: nothing is stamped)."""
+    coordinator (engine), the topic-id map, the stamper (None: nothing is stamped) and the
+    sidecar's SASL credentials (None: upstream connections do not authenticate)."""
 
     def __init__(
         self,
@@ -119,6 +124,7 @@ class Shared:
         produce: ProduceCoordinator | None = None,
         topics: TopicNames | None = None,
         stamper: Stamper | None = None,
+        upstream_sasl: SaslCredentials | None = None,
     ) -> None:
         self.directory = directory
         self.produce = produce or ProduceCoordinator(
@@ -126,6 +132,8 @@ class Shared:
         )
         self.topics = topics or TopicNames()
         self.stamper = stamper
+        #: The sidecar's own SASL credentials for every upstream connection (None: none).
+        self.upstream_sasl = upstream_sasl
 
 
 def _no_clock() -> int:
@@ -155,7 +163,18 @@ class Session:
         self._awaiting: deque[tuple[Exchange, int, object]] = deque()
         self._observer: Observer = observer or _NullObserver()
         self._clock = clock
+        #: Forwards waiting while the proxy's own SASL exchange holds the upstream connection
+        #: (None: not held): (exchange, body, correlation id, tag, expect_response).
+        self._held: list[tuple[Exchange, bytes, int | None, object, bool]] | None = None
+        #: The sidecar's SASL on the upstream connection (--upstream-sasl-mechanism), or None.
+        self.upstream_sasl: UpstreamSasl | None = None
         self._handlers, self._default = handlers_for(self)
+        if self.shared.upstream_sasl is not None:
+            # The sidecar authenticates upstream itself; a client's own SASL is answered here.
+            from proxy.routing.upstream_sasl import SASL_APIS, UpstreamSasl
+
+            sidecar = UpstreamSasl(self, self.shared.upstream_sasl)
+            self._handlers.update(dict.fromkeys(SASL_APIS, sidecar))
         # Each handler once, for close and timers (one instance may serve several API keys).
         self._chain: list[Handler] = list({id(h): h for h in self._handlers.values()}.values())
         self._closed = False
@@ -166,6 +185,23 @@ class Session:
         #: own user. None: no authentication on this connection. A retry is answered locally
         #: only for the principal whose batch the broker acknowledged (issue 11).
         self.principal: str | None = None
+
+    def upstream_connected(self) -> Output:
+        """The upstream connection is up: what the proxy itself sends first (its SASL)."""
+        out = Output()
+        if self.upstream_sasl is not None and not self._closed:
+            self.upstream_sasl.connected(out)
+        return out
+
+    @property
+    def upstream_ready(self) -> bool:
+        """Whether client requests may go upstream (not held by the proxy's own SASL)."""
+        return self._held is None
+
+    @property
+    def unanswered(self) -> list[RequestHeader]:
+        """The client's requests not answered yet, oldest first."""
+        return [exchange.header for exchange in self._order]
 
     @property
     def awaiting_upstream(self) -> int:
@@ -240,6 +276,7 @@ class Session:
             return out
         self._closed = True
         self._awaiting.clear()
+        self._held = None
         for handler in self._chain:
             handler.close(out)
         return out
@@ -256,11 +293,51 @@ class Session:
         tag: object = None,
         expect_response: bool = True,
     ) -> None:
-        """Send a request upstream; its response goes to the exchange's handler with `tag`."""
+        """Send a request upstream; its response goes to the exchange's handler with `tag`.
+
+        While the upstream connection is held (the proxy's own SASL exchange in progress),
+        the request waits and goes up, in order, when it is released.
+        """
+        if self._held is not None:
+            self._held.append((exchange, body, correlation_id, tag, expect_response))
+            return
+        self.send_own(
+            exchange,
+            body,
+            out,
+            correlation_id=correlation_id,
+            tag=tag,
+            expect_response=expect_response,
+        )
+
+    def send_own(
+        self,
+        exchange: Exchange,
+        body: bytes,
+        out: Output,
+        *,
+        correlation_id: int | None = None,
+        tag: object = None,
+        expect_response: bool = True,
+    ) -> None:
+        """Send a request upstream now, even while the connection is held (the SASL
+        exchange's own requests)."""
         out.upstream.append(frame(body))
         if expect_response:
             cid = exchange.header.correlation_id if correlation_id is None else correlation_id
             self._awaiting.append((exchange, cid, tag))
+
+    def hold_upstream(self) -> None:
+        """Keep every forward back until `release_upstream`: the broker reads the requests
+        after a SaslHandshake as the SASL exchange's (SaslServerAuthenticator)."""
+        if self._held is None:
+            self._held = []
+
+    def release_upstream(self, out: Output) -> None:
+        """Send the forwards held meanwhile, in the order they were made."""
+        held, self._held = self._held, None
+        for exchange, body, cid, tag, expect in held or ():
+            self.send_own(exchange, body, out, correlation_id=cid, tag=tag, expect_response=expect)
 
     def clock(self) -> float:
         return self._clock()

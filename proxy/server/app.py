@@ -39,6 +39,7 @@ from proxy.server.tls import (
     upstream_context,
 )
 from proxy.server.tls_listener import Listening, TLSListener
+from proxy.wire.sasl_client import SaslCredentials
 
 log = logging.getLogger("idemproxy.server")
 
@@ -92,6 +93,21 @@ class Proxy:
             lambda: self.engine.expiry_ms,
         )
         self.tasks = TaskSet()
+        #: The sidecar's own SASL (--upstream-sasl-mechanism): links (through Shared) and
+        #: probes use it.
+        self.upstream_sasl: SaslCredentials | None = None
+        if config.upstream_sasl_mechanism is not None:
+            assert config.upstream_sasl_username is not None
+            assert config.upstream_sasl_password is not None
+            self.upstream_sasl = SaslCredentials(
+                config.upstream_sasl_mechanism,
+                config.upstream_sasl_username,
+                config.upstream_sasl_password,
+            )
+            if config.upstream_sasl_mechanism == "PLAIN" and not config.upstream_tls:
+                log.warning(
+                    "SASL PLAIN without --upstream-tls: the password crosses the network as it is"
+                )
         self.links: dict[int, Link] = {}
         self._session_ids = itertools.count(1)
         self.directory = BrokerDirectory(
@@ -116,6 +132,7 @@ class Proxy:
         self._http: asyncio.Server | None = None
         self.bootstrap_address: Address | None = None
         self.upstream_targets = list(config.upstream)
+        self.shared.upstream_sasl = self.upstream_sasl
         self.stopping = False
         self._drained: asyncio.Event | None = None
         self._upstream_problem: str | None = "not probed yet"
@@ -342,7 +359,12 @@ class Proxy:
     async def _probe(self) -> None:
         timeout = min(self.config.connect_timeout, 5.0)
         self._upstream_problem = await probe_upstream(
-            self.upstream_targets, timeout, self.upstream_tls, self._handshake_failed
+            self.upstream_targets,
+            timeout,
+            self.upstream_tls,
+            self._handshake_failed,
+            sasl=self.upstream_sasl,
+            observe_sasl=self._sasl_failed,
         )
         self._probed_at = time.monotonic()
         self.metrics.upstream_up.set(0 if self._upstream_problem else 1)
@@ -352,6 +374,9 @@ class Proxy:
     def _handshake_failed(self, reason: str) -> None:
         self.metrics.tls_handshake_failures.labels("upstream", reason).inc()
 
+    def _sasl_failed(self, reason: str) -> None:
+        self.metrics.sasl_failures.labels("upstream", reason).inc()
+
     async def _learn_producer_expiry(self, per_broker: float) -> None:
         """Keep the engine's memory within the brokers' producer.id.expiration.ms.
 
@@ -360,7 +385,12 @@ class Proxy:
         """
         brokers = self.directory.known_brokers()
         learned = await probe_producer_expiry(
-            brokers, per_broker, self.upstream_tls, self._handshake_failed
+            brokers,
+            per_broker,
+            self.upstream_tls,
+            self._handshake_failed,
+            sasl=self.upstream_sasl,
+            observe_sasl=self._sasl_failed,
         )
         if learned is None:
             return

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 from proxy.address import Address
 from proxy.errors import ProxyError
 from proxy.routing.session import Output, Session
+from proxy.routing.upstream_sasl import refused_api_versions
 from proxy.server.pump import Pump
 from proxy.server.tls import (
     client_principal,
@@ -27,6 +28,9 @@ from proxy.server.tls import (
     is_handshake_failure,
     looks_like_tls,
 )
+from proxy.wire.frames import FrameDecoder
+from proxy.wire.headers import RequestHeader, peek_request_header
+from proxy.wire.sasl_client import SaslAuthenticationFailed
 
 if TYPE_CHECKING:
     from proxy.server.app import Proxy
@@ -36,6 +40,11 @@ log = logging.getLogger("idemproxy.server")
 #: Opens a connection to an address with a protocol (loop.create_connection in production);
 #: with upstream TLS, also given ssl= and server_hostname= keywords.
 Connector = Callable[..., Awaitable[object]]
+
+
+#: How long a client whose upstream SASL failed has to send its first request (its answer
+#: says why the connection closes) before the connection is closed anyway.
+_REFUSAL_GRACE_SECONDS = 2.0
 
 
 def peer_name(transport: asyncio.BaseTransport) -> str:
@@ -86,6 +95,13 @@ class Link:
         self._sniff = proxy.listen_tls is None
         self.client_side = _ClientSide(self)
         self.upstream_side = _UpstreamSide(self)
+        #: Client reading stays paused until the sidecar's own SASL has authenticated upstream.
+        self._resume_after_auth = False
+        self._authentications = 0  # of the sidecar's SASL on this upstream connection, logged
+        #: After the sidecar's SASL failed: the client's frames, read to answer its ApiVersions.
+        self._refusal: FrameDecoder | None = None
+        self._refusal_timer: asyncio.TimerHandle | None = None
+        self._refusal_answered = False
 
     # -- client ---------------------------------------------------------------
 
@@ -113,6 +129,9 @@ class Link:
                     self.client.abort()
                 self.finish()
                 return
+        if self._refusal is not None:
+            self._refuse(data)
+            return
         try:
             out = self.session.receive_client(data)
         except ProxyError as exc:
@@ -132,6 +151,9 @@ class Link:
         self.client_open = False
         self.proxy.metrics.client_connections.dec()
         log.debug("client disconnected", extra={"peer": self.peer})
+        if self._refusal is not None:
+            self.finish()
+            return
         for session_id in self.session.client_gone().woken:
             self.proxy.wake(session_id)
         if not self.upstream_open:
@@ -192,6 +214,70 @@ class Link:
             )
         self.finish()
 
+    def _sasl_failed(self, kind: str, reason: str) -> None:
+        """The sidecar's SASL failed on the upstream connection: counted, one line, closed.
+
+        On a connection that never authenticated, the client's first request (normally its
+        ApiVersions, not read yet) is answered SASL_AUTHENTICATION_FAILED before the close,
+        so the client can log why.
+        """
+        self.proxy.metrics.sasl_failures.labels("upstream", kind).inc()
+        self.proxy.metrics.connection_errors.labels("upstream_sasl").inc()
+        log.warning(
+            "upstream SASL authentication failed, closing client connection",
+            extra={"peer": self.peer, "reason": f"{self.upstream_target}: {kind} ({reason})"},
+        )
+        if self.upstream is not None:
+            self.upstream.abort()
+        sasl = self.session.upstream_sasl
+        if (
+            sasl is not None
+            and sasl.authentications == 0
+            and self.client is not None
+            and self.client_open
+            and not self.finished
+        ):
+            unanswered = self.session.unanswered
+            for session_id in self.session.close().woken:
+                self.proxy.wake(session_id)
+            self._refusal = FrameDecoder(self.proxy.config.max_frame_bytes)
+            self._refusal_timer = asyncio.get_running_loop().call_later(
+                _REFUSAL_GRACE_SECONDS, self.finish
+            )
+            self.client.resume_reading()
+            if unanswered:  # the client's first request was read before reading paused
+                self._answer_refused(unanswered[0])
+            return
+        if self.client is not None:
+            self.client.abort()
+        self.finish()
+
+    def _refuse(self, data: bytes) -> None:
+        """After a failed SASL: the client's first request, answered if it is ApiVersions."""
+        assert self._refusal is not None
+        if self._refusal_answered:
+            self.finish()  # the client goes on regardless: nothing more to tell it
+            return
+        try:
+            bodies = self._refusal.feed(data)
+            header = peek_request_header(bodies[0]) if bodies else None
+        except ProxyError:
+            self.finish()
+            return
+        if header is not None:
+            self._answer_refused(header)
+
+    def _answer_refused(self, header: RequestHeader) -> None:
+        """Tell the client why (its ApiVersions answered SASL_AUTHENTICATION_FAILED) and let
+        it close the connection, as clients do on that error (the grace timer bounds the
+        wait); any other request: closed unanswered."""
+        answer = refused_api_versions(header)
+        if answer is None or self.client is None or not self.client_open:
+            self.finish()
+            return
+        self._refusal_answered = True
+        self.client.write(answer)
+
     def _tls_failed(self, target: Address, exc: BaseException) -> str:
         """Count a failed handshake with target; the text naming the broker and the reason."""
         reason = failure_reason(exc)
@@ -205,20 +291,41 @@ class Link:
         if not self.client_open or self.finished:
             transport.close()
             return
+        own = self.session.upstream_connected()  # the sidecar's SASL goes first
+        if own.upstream:
+            transport.writelines(own.upstream)
         if self._early:
             transport.writelines(self._early)
             self._early.clear()
-        if self.client is not None:
+        if not self.session.upstream_ready:
+            self._resume_after_auth = True
+        elif self.client is not None:
             self.client.resume_reading()
 
     def upstream_data(self, data: bytes) -> None:
         self._upstream_spoke = True
         try:
             out = self.session.receive_upstream(data)
+        except SaslAuthenticationFailed as exc:
+            self._sasl_failed(exc.kind, exc.reason)
+            return
         except ProxyError as exc:
             self._bad_input("upstream", exc)
             return
         self.apply(out)
+        sasl = self.session.upstream_sasl
+        if sasl is not None and sasl.authentications != self._authentications:
+            self._authentications = sasl.authentications
+            log.debug(
+                "upstream SASL authenticated"
+                if sasl.authentications == 1
+                else "upstream SASL re-authenticated",
+                extra={"peer": self.peer, "upstream": str(self.upstream_target)},
+            )
+        if self._resume_after_auth and self.session.upstream_ready:
+            self._resume_after_auth = False
+            if self.client is not None and self.client_open:
+                self.client.resume_reading()
         if not self.client_open and self.session.awaiting_upstream == 0:
             self._close_upstream()
         if self.proxy.stopping:
@@ -229,6 +336,8 @@ class Link:
             return
         self.upstream_open = False
         self.proxy.metrics.upstream_connections.dec()
+        if self._refusal is not None:
+            return  # closed by the proxy after a failed SASL; the client is being answered
         unanswered = self.session.awaiting_upstream
         if (
             self.proxy.upstream_tls is not None
@@ -245,6 +354,16 @@ class Link:
                 "upstream TLS handshake failed, closing client connection",
                 extra={"peer": self.peer, "reason": self._tls_failed(self.upstream_target, exc)},
             )
+        elif (
+            self.session.upstream_sasl is not None
+            and self.session.upstream_sasl.in_progress
+            and not self.finished
+        ):
+            self._sasl_failed(
+                "other", "the broker closed the connection during SASL authentication"
+            )
+            if self._refusal is not None:
+                return  # the client's first request is answered with the reason
         elif unanswered and self.client_open:
             log.warning(
                 "upstream closed with requests in flight",
@@ -294,7 +413,7 @@ class Link:
         if self.finished:
             return
         self.finished = True
-        for timer in (self._drain_timer, self._deadline_timer):
+        for timer in (self._drain_timer, self._deadline_timer, self._refusal_timer):
             if timer is not None:
                 timer.cancel()
         self._early.clear()

@@ -162,6 +162,7 @@ class Metrics:
         }
         for pid_result in ("obtained", "refused"):
             self.producer_ids.labels(pid_result)
+        self.connection_errors.labels("upstream_sasl")
         self.connection_errors.labels("upstream_unreachable")
         self.connection_errors.labels("upstream_tls")
         self.connection_errors.labels("client_tls")
