@@ -623,6 +623,32 @@ def markdown(results: dict[str, Any]) -> str:
             "",
         ]
         out += _table(["path", "throughput", "p99", "proxy CPU s/GB"], rows)
+    tls = results.get("tls") or []
+    if tls:
+        rows = []
+        for profile in _profiles(results) or list(PROFILE_NAMES):
+            for mode in ("plaintext", "tls"):
+                runs = _runs(tls, mode=mode, profile=profile)
+                if runs:
+                    rows.append(
+                        [
+                            profile_label(profile, results),
+                            "TLS both sides" if mode == "tls" else "plaintext",
+                            _spread(runs, "mb_per_sec").fmt(1, " MiB/s"),
+                            _spread(runs, "cpu_s_per_gb").fmt(2),
+                        ]
+                    )
+        out += [
+            "",
+            "## TLS on both sides beside plaintext",
+            "",
+            "The same idempotent ProducerPerformance load (1 KB records) through an idemproxy "
+            "speaking plaintext to clients and broker, and through one speaking TLS to both "
+            "(its own listener certificate; the broker's SSL listener, verified against the "
+            "test CA), interleaved.",
+            "",
+        ]
+        out += _table(["profile", "path", "throughput", "proxy CPU s/GB"], rows)
     verdict_rows = [
         [figure, measured, target, "n/a" if met is None else ("met" if met else "MISSED")]
         for figure, measured, target, met in verdicts(results)

@@ -167,6 +167,7 @@ class Bench:
         producer_overrides: dict[str, str | int],
         command: str,
         compiled: Path | None = None,
+        tls: bool = False,
     ) -> None:
         import confluent_kafka
 
@@ -179,6 +180,9 @@ class Bench:
         self.want_profile = profile
         #: The compiled build's checkout copy (--compiled), measured as COMPILED_TARGET.
         self.compiled = compiled
+        #: The TLS measurement: the broker gets a TLS listener, certificates in self.tls.
+        self.want_tls = tls
+        self.tls: dict[str, Path] = {}
         #: --producer-prop values, applied over every profile and over the defaults
         self.producer_overrides = dict(producer_overrides)
         self.producer_props = {**PRODUCER_PROPS, **producer_overrides}
@@ -226,6 +230,7 @@ class Bench:
             "latency": [],
             "state": {},
             "stamping": [],
+            "tls": [],
             "profile": {},
             "kroxylicious": {},
             "socat": {},
@@ -249,11 +254,15 @@ class Bench:
         payload_dir = Path(tempfile.mkdtemp(prefix="idemproxy-bench-payloads-"))
         self.stack.callback(shutil.rmtree, payload_dir, ignore_errors=True)
         self.payload = loads.write_payload_file(payload_dir / f"{RECORD_SIZE}.txt", RECORD_SIZE)
+        config: dict[str, str | int | bool] = {"log.retention.check.interval.ms": 5000}
+        if self.want_tls:
+            config.update(self._tls_files(payload_dir))
         cluster = KafkaCluster(
             1,
             heap="1g",
             jvm_opts=BROKER_JVM_OPTS,
-            config={"log.retention.check.interval.ms": 5000},
+            config=config,
+            listeners={"TLS": "SSL"} if self.want_tls else None,
         )
         socat = self._socat_before_broker(cluster) if self.want_socat else None
         if not self.want_socat:
@@ -333,12 +342,16 @@ class Bench:
             socat.stop()
 
         self.stack.callback(stop)
+        # The harness's extra listeners (TLS, for the TLS measurement) are kept.
+        extra_ports = cluster._nodes[1].extra_ports  # noqa: SLF001 - the harness's ports
+        extra = "".join(f",{name}://{host}:{p}" for name, p in extra_ports.items())
+        protocols = "".join(f",{n}:{proto}" for n, proto in cluster.extra_listeners.items())
         listeners = {
             "listeners": f"PLAINTEXT://{host}:{port},RELAY://{host}:{relay_port},"
-            f"CONTROLLER://{host}:{controller_port}",
-            "advertised.listeners": f"PLAINTEXT://{host}:{port},RELAY://{host}:{socat_port}",
+            f"CONTROLLER://{host}:{controller_port}{extra}",
+            "advertised.listeners": f"PLAINTEXT://{host}:{port},RELAY://{host}:{socat_port}{extra}",
             "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,RELAY:PLAINTEXT,"
-            "CONTROLLER:PLAINTEXT",
+            f"CONTROLLER:PLAINTEXT{protocols}",
         }
         cluster.extra_config.update(listeners)
         version = peers.socat_version(executable)
@@ -571,6 +584,82 @@ class Bench:
         if self.proxy is not None:
             stamped = self.proxy.metric("idemproxy_stamped_batches_total", result="written")
             self.results["stamping_batches_written"] = stamped
+
+    # -- TLS --------------------------------------------------------------------------------------
+
+    def _tls_files(self, directory: Path) -> dict[str, str]:
+        """Certificates for the broker's TLS listener and idemproxy's client listeners (one
+        test CA, names localhost and 127.0.0.1); returns the broker's keystore settings."""
+        from integration.tlscerts import CA, properties_value
+
+        ca = CA("idemproxy bench CA")
+        broker, proxy = ca.issue("broker"), ca.issue("idemproxy")
+        cert, key = proxy.write(directory, "proxy")
+        self.tls = {"ca": ca.write(directory, "ca"), "cert": cert, "key": key}
+        prefix = "listener.name.tls.ssl."
+        return {
+            prefix + "keystore.type": "PEM",
+            prefix + "keystore.certificate.chain": properties_value(broker.cert_pem),
+            prefix + "keystore.key": properties_value(broker.key_pem),
+        }
+
+    def tls_cost(self) -> None:
+        """idemproxy's CPU per GB with TLS on both sides (clients to the proxy, the proxy to
+        the broker's SSL listener) beside plaintext on both, the same producer and records."""
+        assert self.cluster is not None
+        assert self.proxy is not None
+        plan = self.plan
+        tls = ProxyProcess(
+            self.cluster.listener_bootstrap("TLS"),
+            extra=[
+                "--log-level", "info",
+                "--upstream-tls", "--upstream-ca", str(self.tls["ca"]),
+                "--listen-tls-cert", str(self.tls["cert"]),
+                "--listen-tls-key", str(self.tls["key"]),
+            ],
+        ).start()  # fmt: skip
+        self.stack.callback(tls.stop)
+        client_tls = {
+            "security.protocol": "SSL",
+            "ssl.truststore.type": "PEM",
+            "ssl.truststore.location": str(self.tls["ca"]),
+        }
+        paths = {"plaintext": (self.proxy, {}), "tls": (tls, client_tls)}
+        say("\nidemproxy with TLS on both sides beside plaintext (idempotent, 1 KB records)")
+        for r in range(plan.rounds):
+            for profile in PROFILES:
+                records = self.results["meta"]["num_records"].get(profile) or int(
+                    30_000 * plan.seconds
+                )
+                for mode in _rotate(list(paths), r):
+                    proxy, extra_props = paths[mode]
+                    before = proxy.metric("idemproxy_bytes_total", direction="request")
+                    window = measure.CpuWindow({"proxy": proxy.pid}).start()
+                    result = loads.producer_performance(
+                        proxy.bootstrap,
+                        TOPICS["throughput"],
+                        records,
+                        record_size=RECORD_SIZE,
+                        payload_file=self.payload,
+                        producer_props={**self.profile_props(profile), **extra_props},
+                    )
+                    window.stop()
+                    assert window.used is not None
+                    forwarded = proxy.metric("idemproxy_bytes_total", direction="request") - before
+                    row = {
+                        "mode": mode,
+                        "profile": profile,
+                        "round": r,
+                        **asdict(result),
+                        "cpu_seconds": window.used["proxy"],
+                        "cpu_s_per_gb": window.used["proxy"] / (records * RECORD_SIZE / 1e9),
+                        "bytes_forwarded": forwarded,
+                    }
+                    self.results["tls"].append(row)
+                    say(
+                        f"  round {r + 1} {profile:5s} {mode:9s} {row['mb_per_sec']:8.1f} MiB/s "
+                        f"{row['cpu_s_per_gb']:.2f} CPU s/GB"
+                    )
 
     # -- latency ------------------------------------------------------------------------------
 
@@ -857,7 +946,7 @@ def _compiled_build() -> Path:
 )
 @click.option(
     "--only",
-    type=click.Choice(["throughput", "latency", "state", "stamping"]),
+    type=click.Choice(["throughput", "latency", "state", "stamping", "tls"]),
     multiple=True,
     help="Run only these measurements (repeatable).",
 )
@@ -930,6 +1019,11 @@ def main(
     out.mkdir(parents=True, exist_ok=True)
     command = "python -m integration.bench " + " ".join(sys.argv[1:])
     phases: list[tuple[str, Callable[[], None]]] = []
+    # TLS (issue 11's cost figure) runs in the full benchmark, or when asked for: the quick
+    # mode stays a smoke run of issue 10's figures.
+    wanted = set(only) or {"throughput", "latency", "state", "stamping"} | (
+        set() if quick else {"tls"}
+    )
     bench = Bench(
         plan,
         out,
@@ -939,9 +1033,9 @@ def main(
         producer_overrides=_parse_props(producer_prop),
         command=command.strip(),
         compiled=_compiled_build() if compiled else None,
+        tls="tls" in wanted,
     )
     bench.results["meta"]["quick"] = quick
-    wanted = set(only) or {"throughput", "latency", "state", "stamping"}
     if "throughput" in wanted:
         phases.append(("throughput", bench.throughput))
     if "latency" in wanted:
@@ -950,6 +1044,8 @@ def main(
         phases.append(("state", bench.state))
     if "stamping" in wanted:
         phases.append(("stamping", bench.stamping))
+    if "tls" in wanted:
+        phases.append(("tls", bench.tls_cost))
     if profile:
         phases.append(("profile", bench.profile))
     began = time.monotonic()
