@@ -9,7 +9,9 @@ Kinds (``IDEMPROXY_TEST_BROKER=auto|testcontainers|kafka|tansu``, default ``auto
   engine answers, else ``kafka``.
 
 Also: :mod:`.java_tools` (ProducerPerformance, VerifiableProducer/Consumer,
-ConsoleConsumer from the same jars) and :mod:`.kafka_dist` (the jar cache).
+ConsoleConsumer from the same jars), :mod:`.kafka_dist` (the jar cache) and :mod:`.sasl`
+(SASL_SSL/SASL_PLAINTEXT listeners with PLAIN, SCRAM and OAUTHBEARER users, the
+StandardAuthorizer and ACL grants: ``KafkaCluster(listeners=..., sasl=Sasl(users=...))``).
 
 Environment: ``IDEMPROXY_TEST_BROKER`` (kind), ``IDEMPROXY_KAFKA_LIBS`` (jar dir),
 ``IDEMPROXY_KAFKA_JVM_OPTS`` (extra broker JVM flags), ``IDEMPROXY_BROKER_START_TIMEOUT``

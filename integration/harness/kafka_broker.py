@@ -35,6 +35,7 @@ from pathlib import Path
 from . import _proc, _wire
 from ._base import BrokerStartError, Cluster
 from .kafka_dist import ensure_kafka_libs, java_classpath, java_executable
+from .sasl import Sasl
 
 HOST = "127.0.0.1"
 LOG4J_BROKER = Path(__file__).resolve().parent / "log4j2-broker.properties"
@@ -111,6 +112,7 @@ class KafkaCluster(Cluster):
         start_timeout: float | None = None,
         advertised_host: str = HOST,
         listeners: Mapping[str, str] | None = None,
+        sasl: Sasl | None = None,
     ) -> None:
         """advertised_host: the address brokers hand out (another loopback address puts a
         relay of the test's, such as integration.faults, in front of every broker port).
@@ -119,6 +121,9 @@ class KafkaCluster(Cluster):
         each on a port of its own on every node and advertised beside PLAINTEXT (which stays
         the inter-broker listener and the one the harness checks readiness on); settings
         for one go in ``config`` under ``listener.name.<lower-case name>.``.
+
+        sasl: users and mechanisms of the SASL_SSL/SASL_PLAINTEXT extra listeners, and the
+        StandardAuthorizer (see integration.harness.sasl); ``config`` overrides its settings.
         """
         if nodes < 1:
             raise ValueError("nodes must be >= 1")
@@ -128,7 +133,14 @@ class KafkaCluster(Cluster):
                 raise ValueError(f"extra listener names are upper case and new, got {name!r}")
         self.size = nodes
         self.heap = heap
-        self.extra_config = dict(config or {})
+        self.sasl = sasl
+        sasl_listeners = [n for n, p in self.extra_listeners.items() if p.startswith("SASL_")]
+        if sasl_listeners and sasl is None:
+            raise ValueError(f"SASL listeners {sasl_listeners} need sasl=Sasl(...)")
+        self.extra_config: dict[str, ConfigValue] = {
+            **(sasl.broker_config(sasl_listeners) if sasl is not None else {}),
+            **(config or {}),
+        }
         self.advertised_host = advertised_host
         self.jvm_opts = [*jvm_opts, *shlex.split(os.environ.get("IDEMPROXY_KAFKA_JVM_OPTS", ""))]
         self.start_timeout = start_timeout if start_timeout is not None else _start_timeout()
@@ -306,24 +318,38 @@ class KafkaCluster(Cluster):
         ]
 
     def _format(self, node: _Node) -> None:
-        """Format the node's log dir (StorageTool once per process, then by template)."""
+        """Format the node's log dir (StorageTool once per process, then by template).
+
+        SCRAM users live in the bootstrap records, so a cluster with some formats its first
+        node with StorageTool and copies that checkpoint to its other nodes only.
+        """
         global _bootstrap_checkpoint
         data = node.dir / "data"
-        if _bootstrap_checkpoint is not None:
+        scram = self.sasl.format_arguments() if self.sasl is not None else []
+        template = _bootstrap_checkpoint
+        if scram:
+            first = self._nodes[min(self._nodes)]
+            template = (
+                None
+                if node is first
+                else (first.dir / "data" / "bootstrap.checkpoint").read_bytes()
+            )
+        if template is not None:
             data.mkdir(parents=True, exist_ok=True)
-            (data / "bootstrap.checkpoint").write_bytes(_bootstrap_checkpoint)
+            (data / "bootstrap.checkpoint").write_bytes(template)
             (data / "meta.properties").write_text(
                 f"version=1\ncluster.id={self.cluster_id}\nnode.id={node.node_id}\n"
                 f"directory.id={new_cluster_id()}\n"
             )
             return
-        self._storage_tool_format(node)
-        _bootstrap_checkpoint = (data / "bootstrap.checkpoint").read_bytes()
+        self._storage_tool_format(node, scram)
+        if not scram:
+            _bootstrap_checkpoint = (data / "bootstrap.checkpoint").read_bytes()
 
-    def _storage_tool_format(self, node: _Node) -> None:
+    def _storage_tool_format(self, node: _Node, extra: Sequence[str] = ()) -> None:
         argv = self._jvm(
             "kafka.tools.StorageTool", "format", "-t", self.cluster_id, "-c", str(node.props),
-            node=node,
+            *extra, node=node,
         )  # fmt: skip
         try:
             result = _proc.run(argv, timeout=120)
