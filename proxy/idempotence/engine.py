@@ -36,9 +36,11 @@ from proxy.idempotence.decisions import (
     Failure,
     Forward,
     Outcome,
+    Principal,
     Reject,
     Success,
     TopicPartition,
+    same_principal,
 )
 from proxy.idempotence.state import ProducerPartitionState, SuccessEffect
 from proxy.wire.batch import in_sequence
@@ -60,6 +62,7 @@ class _Pending:
     last_seq: int
     max_timestamp: int
     admitted_ms: int
+    principal: Principal = None
     # Pending when its producer-partition was forgotten: its answer may predate writes the
     # engine no longer knows of, so it must not rebuild state.
     orphan: bool = field(default=False)
@@ -128,9 +131,21 @@ class IdempotenceEngine:
         self._expiry_ms = value
 
     def admit(
-        self, tp: TopicPartition, batch: BatchFields, now_ms: int, *, coalesce: bool = True
+        self,
+        tp: TopicPartition,
+        batch: BatchFields,
+        now_ms: int,
+        *,
+        coalesce: bool = True,
+        principal: Principal = None,
     ) -> Decision:
-        """Decide what to do with one produced batch (it must carry a producer id).
+        """Decide what to do with one produced batch (it must carry a producer id), sent on a
+        connection authenticated as `principal`.
+
+        Only a batch of the principal whose batches made the producer state is answered from
+        it, and only one of the principal of an identical batch in flight waits for it: the
+        broker authorises every request by its own connection's principal (KafkaApis
+        handleProduceRequest, before the append), so anyone else's batch goes to the broker.
 
         With `coalesce` False a batch identical to one in flight is forwarded too, rather than
         told to wait (the broker deduplicates it): the caller bounds how long a retry waits.
@@ -146,12 +161,16 @@ class IdempotenceEngine:
         key = (batch.producer_id, tp[0], tp[1])
         identity = (*key, batch.producer_epoch, batch.base_sequence, batch.last_sequence)
         ticket = self._inflight.get(identity)
-        if ticket is not None and coalesce:
+        if (
+            ticket is not None
+            and coalesce
+            and same_principal(principal, self._pending[ticket].principal)
+        ):
             return AwaitInflight(ticket)
-        decision = self._decide(key, tp, batch, now_ms)
+        decision = self._decide(key, tp, batch, now_ms, principal)
         if decision is not None:
             return decision
-        return self._forward(key, identity, batch, now_ms)
+        return self._forward(key, identity, batch, now_ms, principal)
 
     def complete(self, ticket: int, outcome: Outcome, now_ms: int) -> Duplicate | None:
         """Record the broker's answer to a forwarded batch.
@@ -218,7 +237,7 @@ class IdempotenceEngine:
             self._log_start.move_to_end(tp)
 
     def _decide(
-        self, key: _Key, tp: TopicPartition, batch: BatchFields, now_ms: int
+        self, key: _Key, tp: TopicPartition, batch: BatchFields, now_ms: int, principal: Principal
     ) -> Duplicate | Reject | None:
         """The broker's certain answer, or None when the batch must be forwarded."""
         if batch.is_transactional and not self._answer_transactional:
@@ -227,6 +246,8 @@ class IdempotenceEngine:
         # No state (KIP-360: the broker accepts any sequence from an unknown producer) or a write
         # whose outcome is unknown: only the broker knows.
         if entry is None or not entry.certain or entry.epoch is None or batch.base_sequence < 0:
+            return None
+        if not same_principal(principal, entry.principal):
             return None
         epoch = batch.producer_epoch
         pending = self._pending_by_key.get(key, ())
@@ -266,7 +287,14 @@ class IdempotenceEngine:
             return Reject(OUT_OF_ORDER_SEQUENCE_NUMBER)
         return None
 
-    def _forward(self, key: _Key, identity: _Identity, batch: BatchFields, now_ms: int) -> Forward:
+    def _forward(
+        self,
+        key: _Key,
+        identity: _Identity,
+        batch: BatchFields,
+        now_ms: int,
+        principal: Principal = None,
+    ) -> Forward:
         if len(self._pending) >= self._max_pending:
             # The caller broke the contract; forgetting the ticket as an unknown outcome is safe.
             _, oldest = self._pending.popitem(last=False)
@@ -282,6 +310,7 @@ class IdempotenceEngine:
             batch.last_sequence,
             batch.max_timestamp,
             now_ms,
+            principal,
         )
         self._pending[ticket] = p
         self._inflight[identity] = ticket
@@ -298,7 +327,8 @@ class IdempotenceEngine:
             del self._pending_by_key[p.key]
 
     def _record_success(self, p: _Pending, outcome: Success, timestamp: int, now_ms: int) -> None:
-        entry = self._entries.get(p.key) or self._create(p.key, now_ms)
+        entry = self._entries.get(p.key) or self._create(p.key, now_ms, p.principal)
+        entry.written_by(p.principal)
         effect = entry.add_success(
             p.epoch, p.first_seq, p.last_seq, outcome.base_offset, timestamp, self._retain
         )
@@ -311,7 +341,8 @@ class IdempotenceEngine:
 
     def _record_unknown(self, p: _Pending, now_ms: int) -> None:
         """Remember that `p` may have been written, at an offset the engine will not learn."""
-        entry = self._entries.get(p.key) or self._create(p.key, now_ms)
+        entry = self._entries.get(p.key) or self._create(p.key, now_ms, p.principal)
+        entry.written_by(p.principal)
         if entry.add_ghost(p.epoch, p.first_seq, p.last_seq):
             self._touch(p.key, entry, now_ms)
 
@@ -334,11 +365,11 @@ class IdempotenceEngine:
             return None
         return entry
 
-    def _create(self, key: _Key, now_ms: int) -> ProducerPartitionState:
+    def _create(self, key: _Key, now_ms: int, principal: Principal) -> ProducerPartitionState:
         if len(self._entries) >= self._max_entries:
             victim = next(iter(self._entries))
             self._forget(victim, evicted=True)
-        entry = ProducerPartitionState(now_ms)
+        entry = ProducerPartitionState(now_ms, principal)
         # One copy of each topic name, however many producers and requests carry it.
         self._entries[(key[0], sys.intern(key[1]), key[2])] = entry
         return entry

@@ -83,7 +83,7 @@ class Link:
     def client_made(self, transport: asyncio.Transport) -> None:
         self.client = transport
         self.client_open = True
-        self.peer = peer_name(transport)
+        self.peer = self.session.peer = peer_name(transport)
         metrics = self.proxy.metrics
         metrics.client_connections.inc()
         metrics.connections_total.inc()
