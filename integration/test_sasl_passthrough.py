@@ -10,6 +10,7 @@ proxy's own listeners speak TLS: then SASL_SSL and a CA file is all that changes
 
 from __future__ import annotations
 
+import shutil
 import socket
 import struct
 import tempfile
@@ -80,6 +81,10 @@ def rig() -> Iterator[Rig]:
         prefix + "keystore.type": "PEM",
         prefix + "keystore.certificate.chain": properties_value(broker.cert_pem),
         prefix + "keystore.key": properties_value(broker.key_pem),
+        # KIP-368: sessions end after 10 minutes unless re-authenticated, and clients may
+        # re-authenticate (the broker refuses a SaslHandshake on an authenticated connection
+        # when this is 0, the default).
+        "connections.max.reauth.ms": 600_000,
     }
     with tempfile.TemporaryDirectory(prefix="idemproxy-sasl-") as tmp:
         ca_file = ca.write(Path(tmp), "ca")
@@ -226,10 +231,13 @@ class RawConnection:
         return self._recv_exact(size)
 
     def login(self, user: str, password: str) -> Any:
+        """SaslHandshake and SaslAuthenticate (PLAIN); the first answer with an error, or the
+        SaslAuthenticate answer."""
         handshake = self.request(
             SaslHandshakeRequest(mechanism="PLAIN", version=1), SaslHandshakeResponse
         )
-        assert handshake.error_code == 0
+        if handshake.error_code != 0:
+            return handshake
         token = b"\x00" + user.encode() + b"\x00" + password.encode()
         return self.request(
             SaslAuthenticateRequest(auth_bytes=token, version=2), SaslAuthenticateResponse
@@ -287,9 +295,7 @@ def test_kafka_python_produces_and_reads_back(rig: Rig, topic_name: str, mechani
 
 
 @pytest.mark.parametrize("mechanism", MECHANISMS)
-def test_confluent_kafka_produces_and_reads_back(
-    rig: Rig, topic_name: str, mechanism: str
-) -> None:
+def test_confluent_kafka_produces_and_reads_back(rig: Rig, topic_name: str, mechanism: str) -> None:
     values = clients.payloads(50, "ck")
     acked, errors = clients.confluent_produce(
         bootstrap(rig), topic_name, values, **confluent_config(mechanism, "alice")
@@ -375,17 +381,13 @@ def test_another_principal_replaying_an_acknowledged_batch_gets_the_brokers_refu
     alice = raw_as(rig, "alice")
     try:
         init = alice.request(
-            InitProducerIdRequest(
-                transactional_id=None, transaction_timeout_ms=60000, version=4
-            ),
+            InitProducerIdRequest(transactional_id=None, transaction_timeout_ms=60000, version=4),
             InitProducerIdResponse,
         )
         assert init.error_code == 0
         # Recent timestamps: the broker expires a producer idle past its last batch's timestamp.
         now = int(time.time() * 1000)
-        batch = idempotent_batch(
-            init.producer_id, init.producer_epoch, 0, records=3, timestamp=now
-        )
+        batch = idempotent_batch(init.producer_id, init.producer_epoch, 0, records=3, timestamp=now)
         body = produce_body(topic_name, batch, 100)
         first = partition_answer(alice.send(body))
         assert first.error_code == 0
@@ -413,3 +415,101 @@ def test_another_principal_replaying_an_acknowledged_batch_gets_the_brokers_refu
         again.close()
     assert (replayed.error_code, replayed.base_offset) == (0, first.base_offset)
     assert duplicates() == before + 1, "alice's replay was answered by the proxy"
+
+
+def test_reauthentication_on_an_open_connection_keeps_the_principal(
+    rig: Rig, topic_name: str
+) -> None:
+    """KIP-368: a client re-authenticates on its open connection (SaslHandshake again); the
+    proxy keeps answering it as the same principal; a change of principal is the broker's to
+    refuse."""
+    rig.cluster.create_topic(topic_name)
+    conn = raw_as(rig, "alice")
+    try:
+        init = conn.request(
+            InitProducerIdRequest(transactional_id=None, transaction_timeout_ms=60000, version=4),
+            InitProducerIdResponse,
+        )
+        now = int(time.time() * 1000)
+        batch = idempotent_batch(init.producer_id, init.producer_epoch, 0, timestamp=now)
+        body = produce_body(topic_name, batch, 100)
+        first = partition_answer(conn.send(body))
+        assert first.error_code == 0
+
+        again = conn.login("alice", USERS["alice"])
+        assert again.error_code == 0, again
+        duplicates = rig.proxy.metric("idemproxy_produce_batches_total", result="duplicate")
+        replayed = partition_answer(conn.send(body))
+        assert (replayed.error_code, replayed.base_offset) == (0, first.base_offset)
+        after = rig.proxy.metric("idemproxy_produce_batches_total", result="duplicate")
+        assert after == duplicates + 1, "answered by the proxy after re-authentication"
+
+        try:
+            changed = conn.login("bob", USERS["bob"]).error_code
+        except ConnectionError:
+            changed = -1  # closed by the broker
+        assert changed != 0, "the broker refuses a change of principal"
+    finally:
+        conn.close()
+
+
+@pytest.mark.skipif(shutil.which("prometheus") is None, reason="prometheus not installed")
+def test_sasl_failures_on_the_dashboard_and_their_alert_on_a_real_prometheus(rig: Rig) -> None:
+    """A wrong password through the proxy: the dashboard's SASL panel shows it by side and
+    reason, and IdemproxySaslAuthenticationFailing fires (deploy/ on a real Prometheus)."""
+    from integration.test_prometheus import JOB, PrometheusServer
+    from tests.deploy.artifacts import ALERTS, dashboard_queries, load_dashboard, substitute
+
+    target = f"127.0.0.1:{rig.proxy.metrics_port}"
+    prometheus = PrometheusServer([target], [ALERTS]).start()
+    try:
+        # A first scrape before the failure, so the panel's increase() sees it happen.
+        assert wait_until(lambda: prometheus.value(f'up{{job="{JOB}"}}') == 1)
+        conn = RawConnection(rig)
+        try:
+            assert conn.login("bob", "guessed").error_code == SASL_AUTHENTICATION_FAILED
+        finally:
+            conn.close()
+
+        (panel,) = [
+            q
+            for q in dashboard_queries(load_dashboard())
+            if q.panel == "SASL authentication failures by side and reason"
+        ]
+        expr = substitute(panel.expr, {"job": JOB, "instance": target, "__rate_interval": "2m"})
+
+        def failures() -> dict[tuple[str, str], float]:
+            rows = prometheus.query(expr)["data"]["result"]
+            return {
+                (r["metric"]["side"], r["metric"]["reason"]): float(r["value"][1]) for r in rows
+            }
+
+        assert wait_until(lambda: failures().get(("client", "sasl_authentication_failed"), 0) > 0)
+        shown = failures()
+        assert len(shown) == 8, "every side and reason is a series, at 0 until it happens"
+        assert shown[("upstream", "sasl_authentication_failed")] == 0
+
+        def firing() -> list[dict[str, str]]:
+            alerts = prometheus.api("alerts")["data"]["alerts"]
+            return [
+                a["labels"]
+                for a in alerts
+                if a["state"] == "firing"
+                and a["labels"]["alertname"] == "IdemproxySaslAuthenticationFailing"
+            ]
+
+        assert wait_until(lambda: bool(firing()))
+        (labels,) = firing()
+        assert (labels["side"], labels["reason"]) == ("client", "sasl_authentication_failed")
+    finally:
+        prometheus.stop()
+
+
+def wait_until(check: Any, timeout: float = 30) -> bool:
+    """Poll check() until it is true (True) or timeout seconds pass (False)."""
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.5)
+    return True
