@@ -346,8 +346,7 @@ def test_wrong_password_gets_the_brokers_error_one_line_and_a_count(rig: Rig) ->
     assert len(new) == 1, new
     assert new[0]["principal"] == "alice"
     assert "not-her-password" not in rig.proxy.log(), "the password is never logged"
-    # And the proxy serves the next client.
-    assert raw_as(rig, "alice") is not None
+    raw_as(rig, "alice").close()  # the proxy serves the next client
     assert rig.proxy.proc is not None
     assert rig.proxy.proc.poll() is None
 
@@ -513,3 +512,17 @@ def wait_until(check: Any, timeout: float = 30) -> bool:
             return False
         time.sleep(0.5)
     return True
+
+
+def test_sasl_handshake_v0_is_refused_with_one_line(rig: Rig) -> None:
+    """Raw SASL tokens without Kafka headers follow a v0 handshake: the proxy closes the
+    connection with one log line rather than forward what it cannot frame."""
+    before = rig.proxy.log().count("SaslHandshake v0")
+    conn = RawConnection(rig)
+    try:
+        with pytest.raises(ConnectionError):
+            conn.request(SaslHandshakeRequest(mechanism="PLAIN", version=0), SaslHandshakeResponse)
+    finally:
+        conn.close()
+    assert wait_until(lambda: rig.proxy.log().count("SaslHandshake v0") == before + 1)
+    raw_as(rig, "alice").close()  # the proxy serves the next client
