@@ -526,3 +526,24 @@ def test_sasl_handshake_v0_is_refused_with_one_line(rig: Rig) -> None:
         conn.close()
     assert wait_until(lambda: rig.proxy.log().count("SaslHandshake v0") == before + 1)
     raw_as(rig, "alice").close()  # the proxy serves the next client
+
+
+def test_lost_acks_of_librdkafka_over_tls_and_sasl_are_answered_by_the_proxy(
+    rig: Rig, topic_name: str
+) -> None:
+    duplicates = rig.proxy.metric("idemproxy_produce_batches_total", result="duplicate")
+    dropped = rig.relay.stats.acks_dropped
+    values = clients.payloads(100, "lost-librdkafka")
+    rig.relay.drop_next_acks(2)
+    acked, errors = clients.confluent_produce(
+        bootstrap(rig),
+        topic_name,
+        values,
+        **confluent_config("SCRAM-SHA-512", "alice"),
+        **{"batch.num.messages": 10},
+    )
+    assert rig.relay.stats.acks_dropped == dropped + 2
+    assert (acked, errors) == (100, [])
+    produced_once(rig, topic_name, values, "SCRAM-SHA-512")
+    answered = rig.proxy.metric("idemproxy_produce_batches_total", result="duplicate") - duplicates
+    assert answered >= 1, "the retries of the lost acks were answered by the proxy"
