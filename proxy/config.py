@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Literal, cast
 
 from proxy.address import Address
-from proxy.server.tls import TLSSetupError, upstream_context
+from proxy.server.tls import TLSSetupError, listener_context, upstream_context
 
 __all__ = [
     "DEFAULT_LISTEN",
@@ -104,6 +104,14 @@ class ProxyConfig:
     upstream_server_name: str | None = None
     """Name verified in every broker's certificate (and sent as SNI) instead of the host
     connected to."""
+    listen_tls_cert: Path | None = None
+    """Certificate (PEM, chain allowed) of the proxy's client listeners; None: plaintext."""
+    listen_tls_key: Path | None = None
+    """Private key (PEM) of listen_tls_cert."""
+    listen_tls_client_ca: Path | None = None
+    """PEM bundle of the CAs whose client certificates the listeners require (mTLS)."""
+    tls_reload_interval: float = 10.0
+    """Seconds between checks of the certificate files for a change (secret rotation)."""
     log_level: LogLevel = "info"
     log_format: LogFormat = "text"
     shutdown_timeout: float = 10.0
@@ -258,7 +266,7 @@ def _boolean(raw: object) -> bool:
 
 
 def _readable_file(raw: object) -> Path:
-    """A path to a file that can be read now (certificates are read once, at start)."""
+    """A path to a file that can be read now (a certificate, key or CA bundle)."""
     text = _as_text(raw, "a file path").strip()
     if not text:
         raise ValueError("expected a file path, got an empty string")
@@ -408,7 +416,8 @@ OPTIONS: dict[str, Option] = {
             "connect_timeout",
             _seconds(allow_zero=False),
             "SECONDS",
-            f"Timeout connecting to a broker [default: {_default('connect_timeout')}].",
+            "Timeout connecting to a broker, and for a client's TLS handshake "
+            f"[default: {_default('connect_timeout')}].",
         ),
         Option(
             "drain_timeout",
@@ -498,6 +507,34 @@ OPTIONS: dict[str, Option] = {
             "connected to: the bootstrap host, or the broker's advertised host].",
         ),
         Option(
+            "listen_tls_cert",
+            _readable_file,
+            "FILE",
+            "Serve clients over TLS with this certificate (PEM, chain allowed); it must name "
+            "the --advertised-host. Needs --listen-tls-key [default: plaintext].",
+        ),
+        Option(
+            "listen_tls_key",
+            _readable_file,
+            "FILE",
+            "Private key (PEM, unencrypted) of --listen-tls-cert [default: none].",
+        ),
+        Option(
+            "listen_tls_client_ca",
+            _readable_file,
+            "FILE",
+            "Require a client certificate signed by one of these CAs (PEM bundle; mTLS) "
+            "[default: no client certificate asked].",
+        ),
+        Option(
+            "tls_reload_interval",
+            _seconds(allow_zero=False),
+            "SECONDS",
+            "How often the certificate, key and CA files (--listen-tls-*, --upstream-*) are "
+            "checked for a change and re-read [default: "
+            f"{_default('tls_reload_interval')}].",
+        ),
+        Option(
             "log_level",
             _choice("debug", "info", "warning", "error"),
             "debug|info|warning|error",
@@ -568,8 +605,8 @@ def load_config(
     ``config_file_source`` says where ``config_file`` was named (for the error when it
     cannot be read), e.g. ``"environment variable IDEMPROXY_CONFIG"``.
 
-    With ``upstream_tls``, the CA bundle and client certificate files are loaded once to
-    check them (certificates are read at start only).
+    With ``upstream_tls`` or ``listen_tls_cert``, the CA bundles, certificates and keys are
+    loaded once to check them (the server re-reads them when they change).
 
     Raises :class:`ConfigError` for the first problem found.
     """
@@ -629,6 +666,7 @@ def load_config(
         values["broker_port_base"] = listen.port + 1
 
     _check_upstream_tls(values, sources)
+    _check_listen_tls(values, sources)
     return ProxyConfig(**values)  # type: ignore[arg-type]
 
 
@@ -659,6 +697,36 @@ def _check_upstream_tls(values: Mapping[str, object], sources: Mapping[str, str]
             cast(Path | None, cert),
             cast(Path | None, key),
         )
+    except TLSSetupError as e:
+        raise ConfigError(e.option, sources.get(e.option, SOURCE_DEFAULT), e.reason) from None
+
+
+def _check_listen_tls(values: Mapping[str, object], sources: Mapping[str, str]) -> None:
+    """The --listen-tls-* settings make sense together, and their files load."""
+    cert, key = values.get("listen_tls_cert"), values.get("listen_tls_key")
+    client_ca = values.get("listen_tls_client_ca")
+    if cert is None and key is None:
+        if client_ca is not None:
+            raise ConfigError(
+                "listen_tls_client_ca",
+                sources["listen_tls_client_ca"],
+                "has no effect without --listen-tls-cert and --listen-tls-key",
+            )
+        return
+    if cert is None or key is None:
+        given, missing = (
+            ("listen_tls_cert", "listen_tls_key")
+            if key is None
+            else ("listen_tls_key", "listen_tls_cert")
+        )
+        flag = "--" + missing.replace("_", "-")
+        raise ConfigError(
+            given,
+            sources[given],
+            f"needs {flag} too (TLS towards clients needs both a certificate and its key)",
+        )
+    try:
+        listener_context(cast(Path, cert), cast(Path, key), cast(Path | None, client_ca))
     except TLSSetupError as e:
         raise ConfigError(e.option, sources.get(e.option, SOURCE_DEFAULT), e.reason) from None
 

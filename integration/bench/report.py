@@ -14,6 +14,9 @@ TARGET_THROUGHPUT_RATIO = 0.95  # idemproxy / socat
 TARGET_CPU_RATIO = 1.5  # idemproxy CPU per GB / socat's
 TARGET_CPU_VS_KROXYLICIOUS = 1.0  # idemproxy CPU per GB / Kroxylicious's
 TARGET_ADDED_P99_MS = 0.5  # over direct
+#: "Cost flat in the number of producers and partitions": per-batch CPU at 10,000 tracked
+#: producer-partitions, and in a 100-partition request, within 25% of the 10-partition baseline.
+TARGET_FLAT_RATIO = 1.25
 
 LABELS = {
     "direct": "direct",
@@ -199,6 +202,17 @@ def verdicts(results: dict[str, Any]) -> list[tuple[str, str, str, bool | None]]
                         TARGET_CPU_VS_KROXYLICIOUS,
                     )
                 )
+    state = results.get("state") or {}
+    if state.get("runs"):
+        # Paired within a round, like the throughput ratios.
+        base = {r["round"]: r["us_per_batch"] for r in _runs(state["runs"], setup="small")}
+        for setup, figure in (
+            ("large", "per-batch CPU at 10,000 / at 10 tracked producer-partitions"),
+            ("wide", "per-batch CPU in 100-partition / in 10-partition requests"),
+        ):
+            runs = _runs(state["runs"], setup=setup)
+            ratios = [r["us_per_batch"] / base[r["round"]] for r in runs if base.get(r["round"])]
+            out.append(_verdict(figure, Spread.of(ratios), "<=", TARGET_FLAT_RATIO))
     if "idemproxy" in targets and results["latency"]:
         out.append(
             _verdict(
@@ -527,12 +541,15 @@ def markdown(results: dict[str, Any]) -> str:
             f"{sm['requests']:,} requests a run) on one connection to the broker listener; one "
             f"tracks {sm['small']:,} producer-partitions ({sm['small_pids']} producer id x "
             f"{sm['partitions']} partitions), the other {sm['large']:,} ({sm['large_pids']:,} "
-            "producer ids, cycled). CPU = utime+stime of the proxy process; batches = "
+            "producer ids, cycled); a third sends requests of one producer id spanning "
+            f"{sm.get('wide_partitions', '?')} partitions ({sm.get('wide_requests', '?'):,} "
+            "requests a run, the same number of batches). CPU = utime+stime of the proxy "
+            "process; batches = "
             '`idemproxy_produce_batches_total{result="forwarded"}`.',
             "",
         ]
         header = [
-            "tracked producer-partitions",
+            "setup",
             "entries (gauge)",
             "CPU us / batch",
             "CPU us / request",
@@ -540,13 +557,21 @@ def markdown(results: dict[str, Any]) -> str:
             "RSS MB after filling",
             "peak RSS MB (VmHWM)",
         ]
+        labels = {
+            "small": f"{sm['small']:,} tracked, {sm['partitions']} partitions a request",
+            "large": f"{sm['large']:,} tracked, {sm['partitions']} partitions a request",
+            "wide": f"{sm.get('wide', 0):,} tracked, {sm.get('wide_partitions', 0)} partitions "
+            "a request",
+        }
         rows = []
-        for tracked in (sm["small"], sm["large"]):
-            runs = _runs(state["runs"], tracked=tracked)
-            mem = state["memory"][str(tracked)]
+        for setup, label in labels.items():
+            runs = _runs(state["runs"], setup=setup)
+            mem = state["memory"].get(setup)
+            if not runs or mem is None:
+                continue
             rows.append(
                 [
-                    f"{tracked:,}",
+                    label,
                     f"{mem['entries']:,.0f}",
                     _spread(runs, "us_per_batch").fmt(1),
                     _spread(runs, "us_per_request").fmt(0),
@@ -556,13 +581,19 @@ def markdown(results: dict[str, Any]) -> str:
                 ]
             )
         out += _table(header, rows)
-        small = _spread(_runs(state["runs"], tracked=sm["small"]), "us_per_batch")
-        large = _spread(_runs(state["runs"], tracked=sm["large"]), "us_per_batch")
+        small = _spread(_runs(state["runs"], setup="small"), "us_per_batch")
+        large = _spread(_runs(state["runs"], setup="large"), "us_per_batch")
+        wide = _spread(_runs(state["runs"], setup="wide"), "us_per_batch")
         if small.n and large.n:
             out += [
                 "",
                 f"Per-batch cost at {sm['large']:,} / at {sm['small']:,} tracked: "
                 f"{large.median / small.median:.3f}.",
+            ]
+        if small.n and wide.n:
+            out += [
+                f"Per-batch cost in a {sm['wide_partitions']}-partition request / in a "
+                f"{sm['partitions']}-partition one: {wide.median / small.median:.3f}.",
             ]
     stamping = results.get("stamping") or []
     if stamping:
@@ -745,15 +776,16 @@ def plot(results: dict[str, Any], path: Path) -> None:
     state = results.get("state")
     if state and state.get("runs"):
         sm = state["meta"]
-        tracked = [sm["small"], sm["large"]]
+        setups = [s for s in ("small", "large", "wide") if _runs(state["runs"], setup=s)]
+        names = {
+            "small": f"{sm['small']:,} tracked",
+            "large": f"{sm['large']:,} tracked",
+            "wide": f"{sm.get('wide_partitions', '?')}-partition requests",
+        }
         bars(
             ax,
-            [f"{n:,} tracked" for n in tracked],
-            {
-                "idemproxy": [
-                    _spread(_runs(state["runs"], tracked=n), "us_per_batch") for n in tracked
-                ]
-            },
+            [names[s] for s in setups],
+            {"idemproxy": [_spread(_runs(state["runs"], setup=s), "us_per_batch") for s in setups]},
             "proxy CPU us per batch",
         )
     ax.set_title("idemproxy CPU per produce batch vs producer-partitions tracked")

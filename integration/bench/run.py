@@ -35,7 +35,12 @@ PROFILES: dict[str, dict[str, str | int]] = {
     "large": {"batch.size": 262144, "linger.ms": 5},
     "small": {"batch.size": 16384, "linger.ms": 0},
 }
-TOPICS = {"throughput": "bench-throughput", "latency": "bench-latency", "state": "bench-state"}
+TOPICS = {
+    "throughput": "bench-throughput",
+    "latency": "bench-latency",
+    "state": "bench-state",
+    "state-wide": "bench-state-wide",
+}
 #: Broker JVM for throughput: the harness's flags favour start-up (C1 only, serial GC); later
 #: flags win, so these restore the C2 JIT and use G1 as kafka-server-start.sh does.
 BROKER_JVM_OPTS = (
@@ -63,6 +68,9 @@ PROFILE_PROFILED = "small"
 SMALL_PIDS = [9_000_000]
 LARGE_PIDS = list(range(10_000_000, 10_001_000))
 STATE_PARTITIONS = 10
+#: Issue 10: "a request spanning 100 partitions" (one producer id, one batch per partition).
+WIDE_PIDS = [9_500_000]
+WIDE_PARTITIONS = 100
 
 
 @dataclass(frozen=True)
@@ -249,7 +257,12 @@ class Bench:
         self.stack.callback(cluster.close)
         self.cluster = cluster
         for name, topic in TOPICS.items():
-            partitions = {"throughput": 3, "latency": 1, "state": STATE_PARTITIONS}[name]
+            partitions = {
+                "throughput": 3,
+                "latency": 1,
+                "state": STATE_PARTITIONS,
+                "state-wide": WIDE_PARTITIONS,
+            }[name]
             cluster.create_topic(topic, partitions=partitions, configs=TOPIC_CONFIGS)
         self.bootstraps["direct"] = cluster.bootstrap
         broker = _broker_pid(cluster)
@@ -587,16 +600,25 @@ class Bench:
         plan = self.plan
         small_n = len(SMALL_PIDS) * STATE_PARTITIONS
         large_n = len(LARGE_PIDS) * STATE_PARTITIONS
-        say(f"\nPer-batch cost with {small_n:,} and {large_n:,} tracked producer-partitions")
-        topic = TOPICS["state"]
+        wide_n = len(WIDE_PIDS) * WIDE_PARTITIONS
+        say(
+            f"\nPer-batch cost with {small_n:,} and {large_n:,} tracked producer-partitions, "
+            f"and with requests spanning {WIDE_PARTITIONS} partitions"
+        )
+        # The wide setup sends a tenth of the requests: each carries ten times the batches.
+        wide_requests = max(1, plan.state_requests * STATE_PARTITIONS // WIDE_PARTITIONS)
         setups = []
         memory: dict[str, Any] = {}
-        for pids, tracked, name in ((SMALL_PIDS, small_n, "small"), (LARGE_PIDS, large_n, "large")):
+        for pids, tracked, name, topic, partitions, requests in (
+            (SMALL_PIDS, small_n, "small", TOPICS["state"], STATE_PARTITIONS, plan.state_requests),
+            (LARGE_PIDS, large_n, "large", TOPICS["state"], STATE_PARTITIONS, plan.state_requests),
+            (WIDE_PIDS, wide_n, "wide", TOPICS["state-wide"], WIDE_PARTITIONS, wide_requests),
+        ):
             proxy = self._proxy(self.cluster.bootstrap, f"state-{name}")
             idle = measure.memory_kb(proxy.pid)
             # One request in flight: every producer-partition has at most one pending batch in
-            # both setups, so the engine does the same work per batch in each.
-            loader = loads.RawProducer(proxy.bootstrap, topic, STATE_PARTITIONS, window=1)
+            # every setup, so the engine does the same work per batch in each.
+            loader = loads.RawProducer(proxy.bootstrap, topic, partitions, window=1)
             self.stack.callback(loader.close)
             began = time.monotonic()
             loader.send(pids, len(pids))  # sequence 0 for every producer-partition
@@ -609,21 +631,23 @@ class Bench:
             )
             if entries != tracked:
                 raise RuntimeError(f"expected {tracked} tracked producer-partitions, got {entries}")
-            loader.send(pids, max(len(pids), plan.state_requests // 5))  # warm-up
-            memory[str(tracked)] = {
+            loader.send(pids, max(len(pids), requests // 5))  # warm-up
+            memory[name] = {
+                "tracked": tracked,
+                "partitions": partitions,
                 "entries": entries,
                 "rss_idle_kb": idle["VmRSS"],
                 "rss_after_fill_kb": filled["VmRSS"],
                 "hwm_after_fill_kb": filled["VmHWM"],
             }
-            setups.append((tracked, proxy, loader, pids))
+            setups.append((name, tracked, partitions, requests, proxy, loader, pids))
         runs = []
         for r in range(plan.rounds):
-            for tracked, proxy, loader, pids in _rotate(setups, r):
+            for name, tracked, partitions, requests, proxy, loader, pids in _rotate(setups, r):
                 forwarded = proxy.metric("idemproxy_produce_batches_total", result="forwarded")
                 window = measure.CpuWindow({"proxy": proxy.pid}).start()
                 began = time.monotonic()
-                loader.send(pids, plan.state_requests)
+                loader.send(pids, requests)
                 elapsed = time.monotonic() - began
                 window.stop()
                 assert window.used is not None
@@ -633,35 +657,41 @@ class Bench:
                 cpu = window.used["proxy"]
                 runs.append(
                     {
+                        "setup": name,
                         "tracked": tracked,
+                        "partitions": partitions,
                         "round": r,
-                        "requests": plan.state_requests,
+                        "requests": requests,
                         "batches": batches,
                         "cpu_seconds": cpu,
                         "elapsed": elapsed,
                         "us_per_batch": cpu / batches * 1e6,
-                        "us_per_request": cpu / plan.state_requests * 1e6,
+                        "us_per_request": cpu / requests * 1e6,
                         "batches_per_sec": batches / elapsed,
                         "entries": proxy.metric("idemproxy_producer_state_entries"),
                     }
                 )
                 say(
-                    f"  round {r + 1} {tracked:>6,} tracked: {cpu / batches * 1e6:6.1f} CPU us "
-                    f"per batch, {batches / elapsed:8.0f} batches/s"
+                    f"  round {r + 1} {tracked:>6,} tracked, {partitions:>3} partitions a "
+                    f"request: {cpu / batches * 1e6:6.1f} CPU us per batch, "
+                    f"{cpu / requests * 1e6:7.1f} per request, {batches / elapsed:8.0f} batches/s"
                 )
-        for tracked, proxy, _, _ in setups:
+        for name, _, _, _, proxy, _, _ in setups:
             mem = measure.memory_kb(proxy.pid)
-            memory[str(tracked)]["rss_end_kb"] = mem["VmRSS"]
-            memory[str(tracked)]["hwm_end_kb"] = mem["VmHWM"]
+            memory[name]["rss_end_kb"] = mem["VmRSS"]
+            memory[name]["hwm_end_kb"] = mem["VmHWM"]
         self.results["state"] = {
             "meta": {
                 "version": loads.RawProducer.VERSION,
                 "partitions": STATE_PARTITIONS,
+                "wide_partitions": WIDE_PARTITIONS,
                 "value_size": 100,
                 "window": 1,
                 "requests": plan.state_requests,
+                "wide_requests": wide_requests,
                 "small": small_n,
                 "large": large_n,
+                "wide": wide_n,
                 "small_pids": len(SMALL_PIDS),
                 "large_pids": len(LARGE_PIDS),
             },

@@ -103,6 +103,9 @@ class IdempotenceEngine:
         self._log_start: OrderedDict[TopicPartition, int] = OrderedDict()
         self._tickets = itertools.count(1)
         self._evictions = 0
+        # At most the updated_ms of every entry (entries are created at now_ms and their
+        # updated_ms only grows): while now_ms - _oldest_ms < expiry_ms nothing has expired.
+        self._oldest_ms = sys.maxsize
 
     @property
     def entries(self) -> int:
@@ -159,7 +162,8 @@ class IdempotenceEngine:
         """
         self._expire(now_ms)
         key = (batch.producer_id, tp[0], tp[1])
-        identity = (*key, batch.producer_epoch, batch.base_sequence, batch.last_sequence)
+        last_seq = batch.last_sequence
+        identity = (*key, batch.producer_epoch, batch.base_sequence, last_seq)
         ticket = self._inflight.get(identity)
         if (
             ticket is not None
@@ -167,10 +171,10 @@ class IdempotenceEngine:
             and same_principal(principal, self._pending[ticket].principal)
         ):
             return AwaitInflight(ticket)
-        decision = self._decide(key, tp, batch, now_ms, principal)
+        decision = self._decide(key, tp, batch, last_seq, now_ms, principal)
         if decision is not None:
             return decision
-        return self._forward(key, identity, batch, now_ms, principal)
+        return self._forward(key, identity, batch, last_seq, now_ms, principal)
 
     def complete(self, ticket: int, outcome: Outcome, now_ms: int) -> Duplicate | None:
         """Record the broker's answer to a forwarded batch.
@@ -237,49 +241,60 @@ class IdempotenceEngine:
             self._log_start.move_to_end(tp)
 
     def _decide(
-        self, key: _Key, tp: TopicPartition, batch: BatchFields, now_ms: int, principal: Principal
+        self,
+        key: _Key,
+        tp: TopicPartition,
+        batch: BatchFields,
+        last_seq: int,
+        now_ms: int,
+        principal: Principal,
     ) -> Duplicate | Reject | None:
         """The broker's certain answer, or None when the batch must be forwarded."""
         if batch.is_transactional and not self._answer_transactional:
             return None
         entry = self._live_entry(key, now_ms)
+        base_seq = batch.base_sequence
         # No state (KIP-360: the broker accepts any sequence from an unknown producer) or a write
         # whose outcome is unknown: only the broker knows.
-        if entry is None or not entry.certain or entry.epoch is None or batch.base_sequence < 0:
+        if entry is None or not entry.certain or entry.epoch is None or base_seq < 0:
             return None
         if not same_principal(principal, entry.principal):
             return None
         epoch = batch.producer_epoch
-        pending = self._pending_by_key.get(key, ())
         # ProducerAppendInfo.checkProducerEpoch. Epochs only grow: pending batches cannot undo it.
         if epoch < entry.epoch:
             return Reject(INVALID_PRODUCER_EPOCH)
-        # A pending batch of a newer epoch may be written first, and then the broker answers 47.
-        if any(p.epoch > epoch for p in pending):
-            return None
         # Sequence checks accept the batch if it continues the acknowledged state or any pending
         # batch of its epoch: clients pipeline up to 5 requests per partition.
-        continues_pending = any(
-            p.epoch == epoch and in_sequence(p.last_seq, batch.base_sequence) for p in pending
-        )
+        continues_pending = False
+        same_epoch_pending = 0
+        pending = self._pending_by_key.get(key)
+        if pending:
+            for p in pending:
+                if p.epoch > epoch:
+                    # A pending batch of a newer epoch may be written first, and then the
+                    # broker answers 47.
+                    return None
+                if p.epoch == epoch:
+                    same_epoch_pending += 1
+                    if in_sequence(p.last_seq, base_seq):
+                        continues_pending = True
         if epoch > entry.epoch:
             # ProducerAppendInfo.checkSequence: a new epoch must start at sequence 0 once an
             # epoch is known.
-            if batch.base_sequence == 0 or continues_pending:
+            if base_seq == 0 or continues_pending:
                 return None
             return Reject(OUT_OF_ORDER_SEQUENCE_NUMBER)
-        i = entry.find(batch.base_sequence, batch.last_sequence)
+        i = entry.find(base_seq, last_seq)
         if i >= 0:
             # ProducerStateEntry.findDuplicateBatch. The broker still caches this batch only if,
             # counting every pending batch as appended after it, it stays among the newest 5.
-            newer = entry.size - i + sum(1 for p in pending if p.epoch == epoch)
+            newer = entry.size - i + same_epoch_pending
             if newer <= BROKER_BATCHES_RETAINED and entry.contiguous_from(i):
                 log_start = max(entry.log_start_offset, self._log_start.get(tp, -1))
                 return Duplicate(entry.base_offset(i), entry.timestamp(i), log_start)
             return None
-        if continues_pending or in_sequence(
-            entry.last_sequence(entry.size - 1), batch.base_sequence
-        ):
+        if continues_pending or in_sequence(entry.newest_last_sequence(), base_seq):
             return None
         # Not cached and out of sequence: the broker rejects it, provided the engine knows all
         # of the broker's cached batches (else this may be an older one it still caches).
@@ -292,6 +307,7 @@ class IdempotenceEngine:
         key: _Key,
         identity: _Identity,
         batch: BatchFields,
+        last_seq: int,
         now_ms: int,
         principal: Principal = None,
     ) -> Forward:
@@ -307,14 +323,18 @@ class IdempotenceEngine:
             identity,
             batch.producer_epoch,
             batch.base_sequence,
-            batch.last_sequence,
+            last_seq,
             batch.max_timestamp,
             now_ms,
             principal,
         )
         self._pending[ticket] = p
         self._inflight[identity] = ticket
-        self._pending_by_key.setdefault(key, []).append(p)
+        same_key = self._pending_by_key.get(key)
+        if same_key is None:
+            self._pending_by_key[key] = [p]
+        else:
+            same_key.append(p)
         return Forward(ticket)
 
     def _unregister(self, p: _Pending) -> None:
@@ -355,11 +375,12 @@ class IdempotenceEngine:
         # of the producer's last appended batch (its max timestamp, client clock on CreateTime
         # topics), which may be older than the engine's own last update. Any pending batch may be
         # that last one.
-        since = entry.updated_ms
-        if entry.size:
-            since = min(since, entry.timestamp(entry.size - 1))
-        for p in self._pending_by_key.get(key, ()):
-            since = min(since, p.max_timestamp)
+        since = entry.newest_timestamp(entry.updated_ms)
+        pending = self._pending_by_key.get(key)
+        if pending:
+            for p in pending:
+                if p.max_timestamp < since:
+                    since = p.max_timestamp
         if now_ms - since >= self._expiry_ms:
             self._forget(key, evicted=True)
             return None
@@ -370,6 +391,8 @@ class IdempotenceEngine:
             victim = next(iter(self._entries))
             self._forget(victim, evicted=True)
         entry = ProducerPartitionState(now_ms, principal)
+        if now_ms < self._oldest_ms:  # the wall clock went back
+            self._oldest_ms = now_ms
         # One copy of each topic name, however many producers and requests carry it.
         self._entries[(key[0], sys.intern(key[1]), key[2])] = entry
         return entry
@@ -380,11 +403,17 @@ class IdempotenceEngine:
 
     def _expire(self, now_ms: int) -> None:
         """Drop entries idle past `expiry_ms`, oldest first, stopping at the first live one."""
-        while self._entries:
-            key, entry = next(iter(self._entries.items()))
+        # Runs twice per batch: a lower bound of every entry's updated_ms skips the scan.
+        if now_ms - self._oldest_ms < self._expiry_ms:
+            return
+        entries = self._entries
+        while entries:
+            key, entry = next(iter(entries.items()))
             if now_ms - entry.updated_ms < self._expiry_ms:
+                self._oldest_ms = entry.updated_ms
                 return
             self._forget(key, evicted=True)
+        self._oldest_ms = now_ms
 
     def _forget(self, key: _Key, *, evicted: bool = False) -> None:
         del self._entries[key]

@@ -77,6 +77,19 @@ class ProducerPartitionState:
     def timestamp(self, i: int) -> int:
         return self._batches[i * _STRIDE + _TS]
 
+    def newest_timestamp(self, default: int) -> int:
+        """The smaller of `default` and the newest cached batch's timestamp (for expiry)."""
+        b = self._batches
+        if b:
+            ts = b[-_STRIDE + _TS]
+            if ts < default:
+                return ts
+        return default
+
+    def newest_last_sequence(self) -> int:
+        """The last sequence of the newest cached batch (the entry must not be empty)."""
+        return self._batches[-_STRIDE + _LAST]
+
     def find(self, first_seq: int, last_seq: int) -> int:
         """Index of the cached batch with exactly this sequence range, or -1.
 
@@ -132,6 +145,16 @@ class ProducerPartitionState:
         # The broker appends in offset order and keeps the newest batches
         # (ProducerStateEntry.addBatchMetadata); acknowledgements arrive in any order.
         b = self._batches
+        if b and base_offset > b[-_STRIDE + _BASE] and first_seq not in b[_FIRST::_STRIDE]:
+            # The common case, after every cached batch: no cached base offset equals it (they
+            # are all lower) and no cached range starts at its first sequence, so nothing
+            # conflicts. Rebuilt at its exact size rather than grown in place (over-allocates).
+            keep = (retain - 1) * _STRIDE
+            tail = b[len(b) - keep :] if len(b) > keep else b
+            self._batches = tail + array("q", (first_seq, last_seq, base_offset, timestamp))
+            if self.ghosts:
+                self.ghosts = [g for g in self.ghosts if g != (epoch, first_seq, last_seq)] or None
+            return SuccessEffect.RECORDED
         size = len(b) // _STRIDE
         pos = size
         for i in range(size):

@@ -15,7 +15,7 @@ import logging
 import signal
 import socket
 import time
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from proxy.address import Address
@@ -29,7 +29,16 @@ from proxy.server.health import probe_producer_expiry, probe_upstream
 from proxy.server.link import Connector, Link, wall_ms
 from proxy.server.metrics import Metrics
 from proxy.server.pump import Pump
-from proxy.server.tls import UpstreamTLS, upstream_context
+from proxy.server.tls import (
+    Reloadable,
+    TLSSetupError,
+    UpstreamTLS,
+    describe_failure,
+    failure_reason,
+    listener_context,
+    upstream_context,
+)
+from proxy.server.tls_listener import Listening, TLSListener
 
 log = logging.getLogger("idemproxy.server")
 
@@ -103,7 +112,7 @@ class Proxy:
                 lambda: stamper.evictions,
             )
         self.shared = Shared(self.directory, produce, stamper=self.stamper)
-        self._servers: list[asyncio.Server] = []
+        self._servers: list[Listening] = []
         self._http: asyncio.Server | None = None
         self.bootstrap_address: Address | None = None
         self.upstream_targets = list(config.upstream)
@@ -115,13 +124,33 @@ class Proxy:
         self._probed_at = -1e9
         #: How links reach brokers; None is the loop's create_connection (tests substitute it).
         self.connector: Connector | None = None
-        #: TLS towards the brokers (--upstream-tls): links and probes use it; files read now.
+        #: TLS towards the brokers (--upstream-tls): links and probes use it; replaced when
+        #: reload_tls rebuilds the context from changed files.
         self.upstream_tls: UpstreamTLS | None = None
+        #: Certificate files re-read when they change: (side, files) for "client", "upstream".
+        self.tls_files: list[tuple[str, Reloadable]] = []
         if config.upstream_tls:
-            self.upstream_tls = UpstreamTLS(
-                upstream_context(config.upstream_ca, config.upstream_cert, config.upstream_key),
-                config.upstream_server_name,
+            ca, cert, key = config.upstream_ca, config.upstream_cert, config.upstream_key
+            upstream = Reloadable(
+                lambda: upstream_context(ca, cert, key), [p for p in (ca, cert, key) if p]
             )
+            self.upstream_tls = UpstreamTLS(upstream.context, config.upstream_server_name)
+            if upstream.paths:
+                self.tls_files.append(("upstream", upstream))
+        #: TLS towards clients (--listen-tls-cert): the context every listener's new
+        #: connections take.
+        self.listen_tls: Reloadable | None = None
+        if config.listen_tls_cert is not None and config.listen_tls_key is not None:
+            cert, key, client_ca = (
+                config.listen_tls_cert,
+                config.listen_tls_key,
+                config.listen_tls_client_ca,
+            )
+            self.listen_tls = Reloadable(
+                lambda: listener_context(cert, key, client_ca),
+                [p for p in (cert, key, client_ca) if p],
+            )
+            self.tls_files.append(("client", self.listen_tls))
 
     async def start(self) -> None:
         """Bind the bootstrap listener (and the metrics port when configured).
@@ -140,12 +169,20 @@ class Proxy:
                 reason = exc.strerror or str(exc)
                 raise StartError("metrics_listen", self.config.metrics_listen, reason) from exc
         try:
-            server = await asyncio.get_running_loop().create_server(
-                lambda: self._accept(bootstrap, "bootstrap"),
-                listen.host,
-                listen.port,
-                reuse_address=True,
-            )
+            server: Listening
+            if self.listen_tls is None:
+                server = await asyncio.get_running_loop().create_server(
+                    lambda: self._accept(bootstrap, "bootstrap"),
+                    listen.host,
+                    listen.port,
+                    reuse_address=True,
+                )
+            else:
+                server = self._tls_listener(
+                    _bind(listen.host, listen.port),
+                    lambda: self._accept(bootstrap, "bootstrap"),
+                    "bootstrap",
+                )
         except OSError as exc:
             if self._http is not None:
                 self._http.close()
@@ -154,6 +191,8 @@ class Proxy:
         sockname = server.sockets[0].getsockname()
         self.bootstrap_address = Address(listen.host, int(sockname[1]))
         self.tasks.spawn(self._watch_upstream(), name="upstream probe")
+        if self.tls_files:
+            self.tasks.spawn(self._watch_tls_files(), name="TLS files")
         log.info(
             "listening",
             extra={
@@ -165,6 +204,73 @@ class Proxy:
     def _accept(self, targets: list[Address], listener: str) -> Pump:
         link = Link(self, targets, listener, next(self._session_ids))
         return Pump(link.client_side)
+
+    # -- TLS towards clients ---------------------------------------------------------
+
+    def _tls_listener(
+        self, sock: socket.socket, protocol: Callable[[], Pump], listener: str
+    ) -> TLSListener:
+        tls = self.listen_tls
+        assert tls is not None
+
+        def refused(peer: str, reason: str, exc: BaseException | None) -> None:
+            self.client_tls_refused(peer, listener, reason, exc)
+
+        return TLSListener(
+            sock,
+            context=lambda: tls.context,
+            protocol=protocol,
+            spawn=self.tasks.spawn,
+            handshake_timeout=self.config.connect_timeout,
+            refused=refused,
+            name=listener,
+        )
+
+    def client_tls_refused(
+        self, peer: str, listener: str, reason: str, exc: BaseException | None
+    ) -> None:
+        """A client whose connection ends before TLS is up: one line, counted, closed."""
+        reason = reason or failure_reason(exc or OSError())
+        if reason == "not_tls":
+            message, detail = "client speaks plaintext to a TLS listener", "not a TLS handshake"
+        elif reason == "plaintext_listener":
+            message, detail = "client speaks TLS to a plaintext listener", "a TLS ClientHello"
+        else:
+            message = "client TLS handshake failed"
+            detail = describe_failure(exc, "the client") if exc else reason
+        self.metrics.tls_handshake_failures.labels("client", reason).inc()
+        self.metrics.connection_errors.labels("client_tls").inc()
+        log.warning(
+            message,
+            extra={"peer": peer, "listener": listener, "reason": f"{reason} ({detail})"},
+        )
+
+    async def _watch_tls_files(self) -> None:
+        """Re-read certificate files that changed (secret rotation); open connections stay."""
+        while True:
+            await asyncio.sleep(self.config.tls_reload_interval)
+            self.reload_tls()
+
+    def reload_tls(self) -> None:
+        """Rebuild each context whose files changed; a failed rebuild keeps the old one."""
+        for side, files in self.tls_files:
+            try:
+                if not files.check():
+                    continue
+            except TLSSetupError as exc:
+                self.metrics.tls_reloads.labels(side, "failed").inc()
+                log.warning(
+                    "certificate files changed but cannot be used, keeping the previous ones",
+                    extra={"side": side, "reason": str(exc)},
+                )
+                continue
+            self.metrics.tls_reloads.labels(side, "ok").inc()
+            if side == "upstream" and self.upstream_tls is not None:
+                self.upstream_tls = UpstreamTLS(files.context, self.upstream_tls.server_name)
+            log.info(
+                "certificate files re-read",
+                extra={"side": side, "files": ",".join(str(p) for p in files.paths)},
+            )
 
     # -- links ------------------------------------------------------------------
 
@@ -210,7 +316,11 @@ class Proxy:
             target = self.directory.upstream(node_id)
             return self._accept([target] if target else [], f"broker {node_id}")
 
-        server = await asyncio.get_running_loop().create_server(factory, sock=sock)
+        server: Listening
+        if self.listen_tls is None:
+            server = await asyncio.get_running_loop().create_server(factory, sock=sock)
+        else:
+            server = self._tls_listener(sock, factory, f"broker {node_id}")
         self._servers.append(server)
 
     # -- readiness --------------------------------------------------------------

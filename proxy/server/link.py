@@ -20,7 +20,13 @@ from proxy.address import Address
 from proxy.errors import ProxyError
 from proxy.routing.session import Output, Session
 from proxy.server.pump import Pump
-from proxy.server.tls import describe_failure, failure_reason, is_handshake_failure
+from proxy.server.tls import (
+    client_principal,
+    describe_failure,
+    failure_reason,
+    is_handshake_failure,
+    looks_like_tls,
+)
 
 if TYPE_CHECKING:
     from proxy.server.app import Proxy
@@ -75,6 +81,9 @@ class Link:
         self.upstream_target: Address | None = None
         #: Whether the broker has sent anything (after that, a TLS error is not a handshake's).
         self._upstream_spoke = False
+        #: Whether the client's first bytes are still to be checked for a TLS handshake sent
+        #: to a plaintext listener.
+        self._sniff = proxy.listen_tls is None
         self.client_side = _ClientSide(self)
         self.upstream_side = _UpstreamSide(self)
 
@@ -84,6 +93,9 @@ class Link:
         self.client = transport
         self.client_open = True
         self.peer = self.session.peer = peer_name(transport)
+        if transport.get_extra_info("ssl_object") is not None:
+            # Verified by the listener's client CA (mTLS); empty without one.
+            self.session.principal = client_principal(transport.get_extra_info("peercert"))
         metrics = self.proxy.metrics
         metrics.client_connections.inc()
         metrics.connections_total.inc()
@@ -93,6 +105,14 @@ class Link:
         self.proxy.tasks.spawn(self._connect(), name=f"connect {self.peer}")
 
     def client_data(self, data: bytes) -> None:
+        if self._sniff:
+            self._sniff = False
+            if looks_like_tls(data[:2]):
+                self.proxy.client_tls_refused(self.peer, self.listener, "plaintext_listener", None)
+                if self.client is not None:
+                    self.client.abort()
+                self.finish()
+                return
         try:
             out = self.session.receive_client(data)
         except ProxyError as exc:

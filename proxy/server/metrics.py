@@ -122,8 +122,17 @@ class Metrics:
         self.tls_handshake_failures = Counter(
             "idemproxy_tls_handshake_failures_total",
             "TLS handshakes that failed, by side (upstream: the proxy's connections to brokers, "
-            "probes included) and reason.",
+            "probes included; client: clients' connections to the proxy's listeners) and "
+            "reason.",
             ["side", "reason"],
+            registry=r,
+        )
+        self.tls_reloads = Counter(
+            "idemproxy_tls_reloads_total",
+            "Certificate files that changed and were re-read, by side (client: the listeners' "
+            "certificate, key and client CA; upstream: --upstream-ca/-cert/-key) and result "
+            "(ok, or failed: unusable files, the previous ones kept).",
+            ["side", "result"],
             registry=r,
         )
         self.sasl_failures = Counter(
@@ -155,10 +164,14 @@ class Metrics:
             self.producer_ids.labels(pid_result)
         self.connection_errors.labels("upstream_unreachable")
         self.connection_errors.labels("upstream_tls")
+        self.connection_errors.labels("client_tls")
         for reason in REFUSAL_REASONS:
             self.frames_refused.labels(reason)
-        for reason in HANDSHAKE_FAILURE_REASONS:
-            self.tls_handshake_failures.labels("upstream", reason)
+        for side in ("client", "upstream"):
+            for reason in HANDSHAKE_FAILURE_REASONS:
+                self.tls_handshake_failures.labels(side, reason)
+            for result in ("ok", "failed"):
+                self.tls_reloads.labels(side, result)
         for side in ("client", "upstream"):
             for reason in SASL_FAILURE_REASONS:
                 self.sasl_failures.labels(side, reason)

@@ -96,16 +96,20 @@ def _reject_nulls(struct: Any, item: Any, version: int, where: str) -> None:
     nullable or not; Kafka's own parsers reject it ("non-nullable field ... was serialized
     as null"), and the proxy's code iterates those arrays. Only those types are checked:
     kafka-python also maps the all-zero UUID and the "not requested" authorized-operations
-    bit field (-2^31) to None, which are valid values. Tagged fields are left alone.
+    bit field (-2^31) to None, which are valid values. A tagged field may be absent (None),
+    but the structs of one that is present are checked like any other (NodeEndpoints of
+    Produce v10+, whose hosts the proxy rewrites).
     """
     for name, field in struct.fields.items():
-        if not field.for_version_q(version) or field.tagged_field_q(version):
+        if not field.for_version_q(version):
             continue
         value = getattr(item, name, None)
         if value is None:
             if (
-                field.is_array() or field.is_struct() or field.type_str in _LENGTH_PREFIXED
-            ) and not field.nullable_for_version_q(version):
+                (field.is_array() or field.is_struct() or field.type_str in _LENGTH_PREFIXED)
+                and not field.nullable_for_version_q(version)
+                and not field.tagged_field_q(version)
+            ):
                 raise DecodeError(f"{where}: non-nullable field {name} is null")
         elif field.is_struct_array():
             for element in value:

@@ -231,3 +231,98 @@ def test_configmap_keys_are_proxy_options() -> None:
     """Unknown keys are errors in the proxy; load the file alone to be sure."""
     for text in CONFIGMAP["data"].values():
         assert set(tomllib.loads(text)) <= set(OPTIONS)
+
+
+# -- certificates and credentials from Secrets ------------------------------------------------
+
+#: Options the sidecar-sasl work adds (issue 11); until they exist they are only checked for
+#: the file they name.
+SASL_OPTIONS = frozenset(
+    {"upstream_sasl_mechanism", "upstream_sasl_username", "upstream_sasl_password_file"}
+)
+SECRET_DIRS = {
+    "/etc/idemproxy/tls/listen": "idemproxy-listen-tls",
+    "/etc/idemproxy/tls/upstream": "idemproxy-upstream-tls",
+    "/etc/idemproxy/sasl": "idemproxy-sasl",
+}
+
+
+def _secured_settings() -> dict[str, Any]:
+    """The ConfigMap's commented secured-cluster settings, uncommented."""
+    (text,) = CONFIGMAP["data"].values()
+    lines = [line.strip()[2:] for line in text.splitlines() if line.strip().startswith("# ")]
+    return tomllib.loads("\n".join(line for line in lines if " = " in line))
+
+
+def _secret_mount(directory: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    (mount,) = [m for m in SIDECAR["volumeMounts"] if m["mountPath"] == directory]
+    (volume,) = [v for v in POD["volumes"] if v["name"] == mount["name"]]
+    return mount, volume
+
+
+def test_the_secured_settings_name_files_of_the_mounted_secrets() -> None:
+    settings = _secured_settings()
+    files = {k: v for k, v in settings.items() if isinstance(v, str) and v.startswith("/")}
+    assert set(files) == {
+        "upstream_ca", "upstream_cert", "upstream_key", "upstream_sasl_password_file",
+        "listen_tls_cert", "listen_tls_key", "listen_tls_client_ca",
+    }  # fmt: skip
+    assert files["upstream_sasl_password_file"] == "/etc/idemproxy/sasl/password"
+    for name, path in files.items():
+        directory = path.rsplit("/", 1)[0]
+        assert directory in SECRET_DIRS, name
+        mount, volume = _secret_mount(directory)
+        assert volume["secret"]["secretName"] == SECRET_DIRS[directory]
+        assert mount["readOnly"] is True
+        assert "subPath" not in mount, "a subPath mount never sees the Secret's updates"
+    assert set(settings) - SASL_OPTIONS <= set(OPTIONS)
+
+
+def test_secrets_are_optional_and_readable_only_by_the_sidecars_group() -> None:
+    for directory in SECRET_DIRS:
+        _, volume = _secret_mount(directory)
+        assert volume["secret"]["optional"] is True, "the pod starts before TLS is set up"
+        assert volume["secret"]["defaultMode"] == 0o440
+    assert POD["securityContext"]["fsGroup"] == SIDECAR["securityContext"]["runAsGroup"]
+    # Secret mounts beside the ConfigMap's, not inside it.
+    assert not any(_config_path().startswith(d + "/") for d in SECRET_DIRS)
+    assert not any(d.startswith(_config_path().rsplit("/", 1)[0]) for d in SECRET_DIRS)
+
+
+def test_the_secured_settings_load_with_the_mounted_files(tmp_path: Path) -> None:
+    from integration.tlscerts import CA
+
+    ca = CA("cluster CA")
+    root = tmp_path / "etc-idemproxy"
+    for directory, issued in {
+        root / "tls/listen": ca.issue("proxy"),
+        root / "tls/upstream": ca.issue("proxy", client=True),
+    }.items():  # the file names of the Secrets' keys
+        directory.mkdir(parents=True)
+        (directory / "tls.crt").write_bytes(issued.cert_pem)
+        (directory / "tls.key").write_bytes(issued.key_pem)
+        (directory / "ca.crt").write_bytes(ca.cert_pem)
+    (root / "sasl").mkdir()
+    (root / "sasl" / "password").write_text("s3cret\n")
+    settings = {
+        name: value.replace("/etc/idemproxy", str(root)) if isinstance(value, str) else value
+        for name, value in _secured_settings().items()
+        if name in OPTIONS
+    }
+    toml_file = tmp_path / "idemproxy.toml"
+    toml_file.write_text(
+        CONFIGMAP["data"]["idemproxy.toml"]
+        + "".join(f"{k} = {_toml(v)}\n" for k, v in settings.items())
+    )
+    config = load_config({}, {}, toml_file)
+    assert config.upstream_tls is True
+    assert config.listen_tls_client_ca == root / "tls/listen/ca.crt"
+    assert config.upstream_key == root / "tls/upstream/tls.key"
+
+
+def _toml(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return f'"{value}"'
+    return str(value)

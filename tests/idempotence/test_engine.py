@@ -16,7 +16,7 @@ from proxy.idempotence import (
     in_sequence,
     last_sequence,
 )
-from proxy.idempotence.state import MAX_GHOSTS
+from proxy.idempotence.state import MAX_GHOSTS, ProducerPartitionState, SuccessEffect
 from proxy.wire.error_codes import INVALID_PRODUCER_EPOCH, OUT_OF_ORDER_SEQUENCE_NUMBER
 
 from ._support import NOW, OTHER_TP, PID, TP, batch, write, write_chain
@@ -593,3 +593,39 @@ def test_log_start_offsets_are_kept_for_a_bounded_number_of_partitions() -> None
 def test_constructor_rejects_unusable_bounds(kwargs: dict[str, int]) -> None:
     with pytest.raises(ValueError, match="must"):
         IdempotenceEngine(**kwargs)  # type: ignore[arg-type]
+
+
+# -- ProducerPartitionState.add_success: the in-order fast path and the general path agree ----
+
+
+def _cached(state: ProducerPartitionState) -> list[tuple[int, int, int, int]]:
+    return [
+        (state.first_sequence(i), state.last_sequence(i), state.base_offset(i), state.timestamp(i))
+        for i in range(state.size)
+    ]
+
+
+@pytest.mark.parametrize("retain", [1, 2, 5])
+def test_in_order_successes_keep_only_the_newest_retained_batches(retain: int) -> None:
+    state = ProducerPartitionState(NOW)
+    for i in range(7):
+        effect = state.add_success(0, 10 * i, 10 * i + 9, 100 * i, NOW + i, retain)
+        assert effect is SuccessEffect.RECORDED
+    assert _cached(state) == [(10 * i, 10 * i + 9, 100 * i, NOW + i) for i in range(7 - retain, 7)]
+
+
+def test_a_cached_range_acknowledged_again_at_a_higher_offset_is_a_conflict() -> None:
+    state = ProducerPartitionState(NOW)
+    state.add_success(0, 0, 9, 100, NOW, 5)
+    state.add_success(0, 10, 19, 110, NOW, 5)
+    # Same sequence range, a later offset: the log is not what the entry says.
+    assert state.add_success(0, 0, 9, 500, NOW, 5) is SuccessEffect.CONFLICT
+
+
+def test_an_older_acknowledgement_arriving_late_is_inserted_in_offset_order() -> None:
+    state = ProducerPartitionState(NOW)
+    state.add_success(0, 10, 19, 110, NOW, 5)
+    state.add_success(0, 0, 9, 100, NOW, 5)
+    assert _cached(state) == [(0, 9, 100, NOW), (10, 19, 110, NOW)]
+    assert state.newest_last_sequence() == 19
+    assert state.newest_timestamp(NOW + 1) == NOW

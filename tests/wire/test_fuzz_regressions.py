@@ -92,3 +92,13 @@ def test_values_kafka_python_decodes_as_none_are_not_nulls() -> None:
     decoded = codec.decode_response(ApiKey.METADATA, 13, body)
     assert decoded.topics[0].topic_id is None
     assert decoded.topics[0].authorized_operations is None
+
+
+def test_produce_response_node_endpoint_with_null_host_is_a_decode_error() -> None:
+    """responses target, run against the mypyc-compiled core: a Produce v13 response whose
+    NodeEndpoints (a tagged field) held a null host reached the address rewriting, which
+    passed None on as a host (the compiled build raised TypeError; the interpreted one kept
+    a broker at host None). The broker's parser rejects a null non-nullable string."""
+    body = bytes.fromhex("00000000000100000000020000010000020000000000000000110000000006")
+    with pytest.raises(DecodeError, match="host is null"):
+        codec.decode_response(ApiKey.PRODUCE, 13, body)
