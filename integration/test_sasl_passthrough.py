@@ -4,8 +4,10 @@ One broker (module-scoped) with a SASL_SSL listener (PLAIN, SCRAM-SHA-256/512 us
 format time, OAUTHBEARER with the broker's unsecured JWT validator) and StandardAuthorizer:
 alice may produce and consume everything, bob may write only his own topic. The proxy speaks
 TLS to the broker (--upstream-tls --upstream-ca) and passes every SaslHandshake and
-SaslAuthenticate through; clients speak CLIENT_PROTOCOL to the proxy (SASL_PLAINTEXT until the
-proxy's own listeners speak TLS: then SASL_SSL and a CA file is all that changes).
+SaslAuthenticate through. Two proxies in front of it: `tls` speaks TLS to clients too
+(--listen-tls-cert: clients use SASL_SSL, TLS + SASL end to end); `plain` takes SASL_PLAINTEXT
+behind a LostAckRelay, which must read the Kafka frames to lose acknowledgements, and for the
+raw-protocol tests.
 """
 
 from __future__ import annotations
@@ -52,8 +54,6 @@ from tests.routing._support import (
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow]
 
-#: What clients speak to the proxy (SASL_SSL once the proxy's listeners speak TLS).
-CLIENT_PROTOCOL = "SASL_PLAINTEXT"
 USERS = {"alice": "alice-secret", "bob": "bob-secret"}
 MECHANISMS = ("PLAIN", "SCRAM-SHA-512", "OAUTHBEARER")
 FAILED_LINE = "client SASL authentication failed"
@@ -63,18 +63,31 @@ PRODUCE_VERSION = 9  # topic names, no topic ids: no Metadata needed for the raw
 
 
 @dataclass
+class Front:
+    """How clients reach one of the proxies: its bootstrap, protocol and CA file (SASL_SSL)."""
+
+    bootstrap: str
+    protocol: str
+    ca: Path | None = None
+
+
+@dataclass
 class Rig:
     cluster: KafkaCluster
-    ca: Path
+    #: The proxy behind the relay (SASL_PLAINTEXT from clients, TLS to the broker).
     proxy: ProxyProcess
-    #: Between clients and the proxy (CLIENT_SIDE -> 127.0.0.1), to lose acks on demand.
+    #: Between clients and that proxy (CLIENT_SIDE -> 127.0.0.1), to lose acks on demand.
     relay: LostAckRelay
+    plain: Front
+    #: The proxy with TLS listeners (SASL_SSL from clients, TLS to the broker).
+    tls_proxy: ProxyProcess
+    tls: Front
     bob_topic: str
 
 
 @pytest.fixture(scope="module")
 def rig() -> Iterator[Rig]:
-    ca = CA("broker CA")
+    ca, proxy_ca = CA("broker CA"), CA("proxy CA")
     broker = ca.issue("broker")
     prefix = "listener.name.sasl_ssl.ssl."
     config: dict[str, str | int | bool] = {
@@ -88,6 +101,8 @@ def rig() -> Iterator[Rig]:
     }
     with tempfile.TemporaryDirectory(prefix="idemproxy-sasl-") as tmp:
         ca_file = ca.write(Path(tmp), "ca")
+        proxy_ca_file = proxy_ca.write(Path(tmp), "proxy-ca")
+        listen_cert, listen_key = proxy_ca.issue("proxy").write(Path(tmp), "proxy")
         cluster = KafkaCluster(
             1, config=config, listeners={"SASL_SSL": "SASL_SSL"}, sasl=Sasl(users=USERS)
         )
@@ -107,9 +122,27 @@ def rig() -> Iterator[Rig]:
             ).start()  # fmt: skip
             ports = [proxy.listen_port, proxy.broker_port(1)]
             relay = LostAckRelay(CLIENT_SIDE, "127.0.0.1", ports).start()
+            tls_proxy = ProxyProcess(
+                cluster.listener_bootstrap("SASL_SSL"),
+                extra=[
+                    "--upstream-tls", "--upstream-ca", str(ca_file),
+                    "--listen-tls-cert", str(listen_cert), "--listen-tls-key", str(listen_key),
+                    "--log-format", "json",
+                ],
+            )  # fmt: skip
             try:
-                yield Rig(cluster, ca_file, proxy, relay, bob_topic)
+                tls_proxy.start()
+                yield Rig(
+                    cluster,
+                    proxy,
+                    relay,
+                    Front(f"{CLIENT_SIDE}:{proxy.listen_port}", "SASL_PLAINTEXT"),
+                    tls_proxy,
+                    Front(tls_proxy.bootstrap, "SASL_SSL", proxy_ca_file),
+                    bob_topic,
+                )
             finally:
+                tls_proxy.stop()
                 relay.stop()
                 proxy.stop()
         finally:
@@ -117,7 +150,7 @@ def rig() -> Iterator[Rig]:
 
 
 def bootstrap(rig: Rig) -> str:
-    return f"{CLIENT_SIDE}:{rig.proxy.listen_port}"
+    return rig.plain.bootstrap
 
 
 # -- client settings, one builder per client ----------------------------------------------------
@@ -131,18 +164,22 @@ class Token(AbstractTokenProvider):  # type: ignore[misc]
         return unsecured_jwt(self.subject)
 
 
-def kafka_python_config(mechanism: str, user: str, password: str | None = None) -> dict[str, Any]:
-    config: dict[str, Any] = {"security_protocol": CLIENT_PROTOCOL, "sasl_mechanism": mechanism}
+def kafka_python_config(front: Front, mechanism: str, user: str) -> dict[str, Any]:
+    config: dict[str, Any] = {"security_protocol": front.protocol, "sasl_mechanism": mechanism}
+    if front.ca is not None:
+        config["ssl_cafile"] = str(front.ca)
     if mechanism == "OAUTHBEARER":
         config["sasl_oauth_token_provider"] = Token(user)
     else:
         config["sasl_plain_username"] = user
-        config["sasl_plain_password"] = password or USERS[user]
+        config["sasl_plain_password"] = USERS[user]
     return config
 
 
-def confluent_config(mechanism: str, user: str) -> dict[str, Any]:
-    config: dict[str, Any] = {"security.protocol": CLIENT_PROTOCOL, "sasl.mechanism": mechanism}
+def confluent_config(front: Front, mechanism: str, user: str) -> dict[str, Any]:
+    config: dict[str, Any] = {"security.protocol": front.protocol, "sasl.mechanism": mechanism}
+    if front.ca is not None:
+        config["ssl.ca.location"] = str(front.ca)
     if mechanism == "OAUTHBEARER":
         # librdkafka's built-in unsecured JWT ({"alg":"none"}, sub=principal).
         config["enable.sasl.oauthbearer.unsecure.jwt"] = True
@@ -153,7 +190,7 @@ def confluent_config(mechanism: str, user: str) -> dict[str, Any]:
     return config
 
 
-def java_config(mechanism: str, user: str) -> dict[str, str | int | bool]:
+def java_config(front: Front, mechanism: str, user: str) -> dict[str, str | int | bool]:
     module = {
         "PLAIN": "org.apache.kafka.common.security.plain.PlainLoginModule",
         "SCRAM-SHA-512": "org.apache.kafka.common.security.scram.ScramLoginModule",
@@ -163,21 +200,25 @@ def java_config(mechanism: str, user: str) -> dict[str, str | int | bool]:
         options = f'unsecuredLoginStringClaim_sub="{user}"'
     else:
         options = f'username="{user}" password="{USERS[user]}"'
-    return {
-        "security.protocol": CLIENT_PROTOCOL,
+    config: dict[str, str | int | bool] = {
+        "security.protocol": front.protocol,
         "sasl.mechanism": mechanism,
         "sasl.jaas.config": f"{module} required {options};",
     }
+    if front.ca is not None:
+        config["ssl.truststore.type"] = "PEM"
+        config["ssl.truststore.location"] = str(front.ca)
+    return config
 
 
-def kafka_python_consume(rig: Rig, topic: str, expected: int, mechanism: str) -> list[bytes]:
+def kafka_python_consume(front: Front, topic: str, expected: int, mechanism: str) -> list[bytes]:
     consumer = KafkaConsumer(
         topic,
-        bootstrap_servers=bootstrap(rig),
+        bootstrap_servers=front.bootstrap,
         auto_offset_reset="earliest",
         enable_auto_commit=False,
         consumer_timeout_ms=3000,
-        **kafka_python_config(mechanism, "alice"),
+        **kafka_python_config(front, mechanism, "alice"),
     )
     got: list[bytes] = []
     deadline = time.monotonic() + 60
@@ -189,9 +230,9 @@ def kafka_python_consume(rig: Rig, topic: str, expected: int, mechanism: str) ->
         consumer.close()
 
 
-def produced_once(rig: Rig, topic: str, values: list[bytes], mechanism: str) -> None:
+def produced_once(front: Front, topic: str, values: list[bytes], mechanism: str) -> None:
     """Every value read back through the proxy, each exactly once."""
-    got = Counter(kafka_python_consume(rig, topic, len(values), mechanism))
+    got = Counter(kafka_python_consume(front, topic, len(values), mechanism))
     assert sorted(got) == sorted(values), "every record read back"
     assert max(got.values()) == 1, "none written twice"
 
@@ -279,44 +320,48 @@ def events(rig: Rig, msg: str) -> list[dict[str, Any]]:
 
 def test_readyz_with_a_broker_that_requires_sasl_and_no_credentials(rig: Rig) -> None:
     # ApiVersions is answered before authentication: the probe needs no credentials.
-    url = f"http://127.0.0.1:{rig.proxy.metrics_port}/readyz"
-    with urllib.request.urlopen(url, timeout=10) as resp:
-        assert (resp.status, resp.read().decode()) == (200, "ready\n")
+    for proxy in (rig.proxy, rig.tls_proxy):
+        url = f"http://127.0.0.1:{proxy.metrics_port}/readyz"
+        with urllib.request.urlopen(url, timeout=10) as resp:
+            assert (resp.status, resp.read().decode()) == (200, "ready\n")
+
+
+# -- TLS + SASL end to end: clients -> SASL_SSL -> proxy -> SASL_SSL -> broker -------------------
 
 
 @pytest.mark.parametrize("mechanism", MECHANISMS)
 def test_kafka_python_produces_and_reads_back(rig: Rig, topic_name: str, mechanism: str) -> None:
     values = clients.payloads(50, "kp")
     acked = clients.kafka_python_produce(
-        bootstrap(rig), topic_name, values, **kafka_python_config(mechanism, "alice")
+        rig.tls.bootstrap, topic_name, values, **kafka_python_config(rig.tls, mechanism, "alice")
     )
     assert acked == 50
-    produced_once(rig, topic_name, values, mechanism)
+    produced_once(rig.tls, topic_name, values, mechanism)
 
 
 @pytest.mark.parametrize("mechanism", MECHANISMS)
 def test_confluent_kafka_produces_and_reads_back(rig: Rig, topic_name: str, mechanism: str) -> None:
     values = clients.payloads(50, "ck")
     acked, errors = clients.confluent_produce(
-        bootstrap(rig), topic_name, values, **confluent_config(mechanism, "alice")
+        rig.tls.bootstrap, topic_name, values, **confluent_config(rig.tls, mechanism, "alice")
     )
     assert (acked, errors) == (50, [])
-    produced_once(rig, topic_name, values, mechanism)
+    produced_once(rig.tls, topic_name, values, mechanism)
 
 
 @pytest.mark.java
 @pytest.mark.parametrize("mechanism", MECHANISMS)
 def test_java_producer_produces_and_reads_back(rig: Rig, topic_name: str, mechanism: str) -> None:
     result = verifiable_producer(
-        bootstrap(rig),
+        rig.tls.bootstrap,
         topic_name,
         50,
-        producer_config={**java_config(mechanism, "alice"), "linger.ms": 5},
+        producer_config={**java_config(rig.tls, mechanism, "alice"), "linger.ms": 5},
         timeout=120,
     )
     assert len(result.acked) == 50, result.failed[:3]
     values = [str(i).encode() for i in range(50)]  # VerifiableProducer's values
-    produced_once(rig, topic_name, values, mechanism)
+    produced_once(rig.tls, topic_name, values, mechanism)
 
 
 def test_wrong_password_gets_the_brokers_error_one_line_and_a_count(rig: Rig) -> None:
@@ -364,11 +409,11 @@ def test_lost_acks_over_tls_and_sasl_are_answered_by_the_proxy(
         topic_name,
         values,
         batch_size=256,
-        **kafka_python_config(mechanism, "alice"),
+        **kafka_python_config(rig.plain, mechanism, "alice"),
     )
     assert rig.relay.stats.acks_dropped == dropped + 2
     assert acked == 100
-    produced_once(rig, topic_name, values, mechanism)
+    produced_once(rig.plain, topic_name, values, mechanism)
     answered = rig.proxy.metric("idemproxy_produce_batches_total", result="duplicate") - duplicates
     assert answered >= 1, "the retries of the lost acks were answered by the proxy"
 
@@ -539,11 +584,11 @@ def test_lost_acks_of_librdkafka_over_tls_and_sasl_are_answered_by_the_proxy(
         bootstrap(rig),
         topic_name,
         values,
-        **confluent_config("SCRAM-SHA-512", "alice"),
+        **confluent_config(rig.plain, "SCRAM-SHA-512", "alice"),
         **{"batch.num.messages": 10},
     )
     assert rig.relay.stats.acks_dropped == dropped + 2
     assert (acked, errors) == (100, [])
-    produced_once(rig, topic_name, values, "SCRAM-SHA-512")
+    produced_once(rig.plain, topic_name, values, "SCRAM-SHA-512")
     answered = rig.proxy.metric("idemproxy_produce_batches_total", result="duplicate") - duplicates
     assert answered >= 1, "the retries of the lost acks were answered by the proxy"
