@@ -13,7 +13,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install install-test demo broker test lint unit integration soak clean-venv fuzz
+.PHONY: install install-test demo broker test lint unit compiled compiled-test integration soak clean-venv fuzz
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -48,12 +48,26 @@ broker: install
 	$(PY) -m integration.harness --nodes $(NODES)
 
 lint: $(STAMP)
-	$(PY) -m ruff check proxy tests integration
-	$(PY) -m ruff format --check proxy tests integration
+	$(PY) -m ruff check proxy tests integration setup.py
+	$(PY) -m ruff format --check proxy tests integration setup.py
 	$(PY) -m mypy
 
 unit: $(STAMP)
 	$(PY) -m pytest tests -q -p no:cacheprovider
+
+# The optional compiled build (setup.py: the sans-I/O core through mypyc), made in a copy of
+# the tracked files under build/compiled so the checkout itself stays pure Python.
+COMPILED ?= build/compiled
+compiled: $(STAMP)
+	rm -rf $(COMPILED) && mkdir -p $(COMPILED)
+	git ls-files -z | xargs -0 cp --parents -t $(COMPILED)
+	cd $(COMPILED) && IDEMPROXY_MYPYC=1 $(abspath $(PY)) setup.py -q build_ext --inplace
+
+# The unit tests of the core again, against the compiled build (the fuzz targets aside:
+# atheris instruments Python bytecode, which compiled modules no longer have).
+compiled-test: compiled
+	cd $(COMPILED) && PYTHONPATH=$$PWD $(abspath $(PY)) -m pytest tests -q -p no:cacheprovider \
+		--ignore=tests/fuzz -p tests.compiled_check
 
 # Every fuzz target of tests/fuzz under atheris, FUZZ_SECONDS each (the unit job already
 # runs them for 60 s through tests/fuzz/test_fuzz.py): make fuzz FUZZ_SECONDS=3600
@@ -67,7 +81,7 @@ integration: install
 	IDEMPROXY_TEST_BROKER=$${IDEMPROXY_TEST_BROKER:-kafka} $(PY) -m pytest integration -q -p no:cacheprovider
 
 # The whole test suite.
-test: install-test lint unit integration
+test: install-test lint unit compiled-test integration
 
 # Not in `make test`: 10 minutes of steady idempotent producers through the proxy,
 # sampling its RSS and producer-state size (python -m integration.soak --help).

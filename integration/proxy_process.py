@@ -44,6 +44,10 @@ def free_port_block(size: int, start: int = 20000, stop: int = 60000) -> int:
     raise RuntimeError("no block of free ports found")
 
 
+class _PortsTaken(Exception):
+    """The proxy exited because a port of its block was taken after the block was chosen."""
+
+
 class ProxyProcess:
     """An idemproxy process in front of `upstream`, on a block of free loopback ports.
 
@@ -53,8 +57,18 @@ class ProxyProcess:
     unless the proxy failed to start, a test failed while it ran, or ``IDEMPROXY_KEEP_LOGS=1``.
     """
 
-    def __init__(self, upstream: str, *, max_node_id: int = 8, extra: list[str] | None = None):
+    def __init__(
+        self,
+        upstream: str,
+        *,
+        max_node_id: int = 8,
+        extra: list[str] | None = None,
+        cwd: Path | None = None,
+    ):
+        """cwd: the checkout whose `proxy` package runs (`python -m proxy` imports from its
+        working directory first); the bench passes the compiled build's copy."""
         self.upstream = upstream
+        self.cwd = cwd or REPO
         self.base = free_port_block(max_node_id + 3)
         self.listen_port = self.base
         self.metrics_port = self.base + 1
@@ -68,6 +82,8 @@ class ProxyProcess:
         self._log_reported = False
         self._saved_log: str | None = None  # the log's text once its file is deleted
         self.proc: subprocess.Popen[bytes] | None = None
+        self._max_node_id = max_node_id
+        self._started_once = False
 
     @property
     def bootstrap(self) -> str:
@@ -82,6 +98,25 @@ class ProxyProcess:
         return self.broker_port_base + node_id
 
     def start(self, timeout: float = 60.0) -> ProxyProcess:
+        """Run the proxy and wait until it listens. A first start whose ports another process
+        took since they were found free moves to a fresh block (a restart keeps its ports)."""
+        for _ in range(3):
+            try:
+                return self._start(timeout)
+            except _PortsTaken:
+                if self._started_once:
+                    raise RuntimeError(f"idemproxy's ports are taken:\n{self.log()}") from None
+                self._failed = False
+                self._move_ports()
+        raise RuntimeError(f"idemproxy found no free ports in 3 tries:\n{self.log()}")
+
+    def _move_ports(self) -> None:
+        self.base = free_port_block(self._max_node_id + 3)
+        self.listen_port = self.base
+        self.metrics_port = self.base + 1
+        self.broker_port_base = self.base + 2
+
+    def _start(self, timeout: float) -> ProxyProcess:
         # 60 s, not less: on the shared 2-core machine under load (load average 11 seen)
         # a fresh interpreter took 21 s from exec to listening.
         cmd = [
@@ -94,20 +129,31 @@ class ProxyProcess:
             *self.extra,
         ]  # fmt: skip
         with self.log_path.open("ab") as log:
-            self.proc = subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+            self.proc = subprocess.Popen(cmd, cwd=self.cwd, stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + timeout
+        # Its own "listening" line (text or JSON), not only a connection: another process may
+        # hold the port.
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 self._failed = True
+                if "address already in use" in self.log():
+                    raise _PortsTaken
                 raise RuntimeError(
                     f"idemproxy exited with {self.proc.returncode} (log kept in {self.log_path}):"
                     f"\n{self.log()}"
                 )
             try:
                 with socket.create_connection(("127.0.0.1", self.listen_port), timeout=0.5):
-                    return self
+                    pass
             except OSError:
                 time.sleep(0.05)
+                continue
+            if any(
+                "listening" in line and self.bootstrap in line for line in self.log().splitlines()
+            ):
+                self._started_once = True
+                return self
+            time.sleep(0.05)
         self._failed = True
         raise RuntimeError(
             f"idemproxy did not listen within {timeout}s (log kept in {self.log_path}):"

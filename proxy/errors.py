@@ -49,6 +49,12 @@ class UnsupportedVersion(ProxyError):
     error_code = error_codes.UNSUPPORTED_VERSION
 
 
+class RoutingError(ProxyError):
+    """A broker cannot be given a proxy listener (its node id maps outside the port range)."""
+
+    error_code = error_codes.BROKER_NOT_AVAILABLE
+
+
 #: Every reason a connection is refused for bad input, as counted in metrics.
 REFUSAL_REASONS: tuple[str, ...] = (
     "FrameTooLarge",

@@ -22,8 +22,11 @@ LABELS = {
     "direct": "direct",
     "socat": "socat",
     "idemproxy": "idemproxy",
+    "idemproxy-mypyc": "idemproxy (mypyc)",
     "kroxylicious": "Kroxylicious",
 }
+#: The idemproxy builds measured against the targets: pure Python, and the compiled one.
+PROXIES = ("idemproxy", "idemproxy-mypyc")
 PROFILE_NAMES = {"large": "large requests", "small": "small requests"}
 SIZE_LABELS = {1024: "1 KB", 100: "100 B"}
 
@@ -173,22 +176,23 @@ def verdicts(results: dict[str, Any]) -> list[tuple[str, str, str, bool | None]]
     """(figure, measured, target, met) for each target of issue 10 (None: not measured)."""
     out: list[tuple[str, str, str, bool | None]] = []
     targets = _targets(results)
-    if "idemproxy" in targets and results["throughput"]:
+    for proxy in (p for p in PROXIES if p in targets and results["throughput"]):
+        label = LABELS[proxy]
         for profile in _profiles(results):
             name = PROFILE_NAMES.get(profile, profile)
             if "socat" in targets:
                 out.append(
                     _verdict(
-                        f"idemproxy / socat throughput, {name}",
-                        throughput_ratio(results, "idemproxy", profile, base="socat"),
+                        f"{label} / socat throughput, {name}",
+                        throughput_ratio(results, proxy, profile, base="socat"),
                         ">=",
                         TARGET_THROUGHPUT_RATIO,
                     )
                 )
                 out.append(
                     _verdict(
-                        f"idemproxy / socat CPU per GB, {name}",
-                        cpu_ratio(results, "idemproxy", profile, "socat"),
+                        f"{label} / socat CPU per GB, {name}",
+                        cpu_ratio(results, proxy, profile, "socat"),
                         "<=",
                         TARGET_CPU_RATIO,
                     )
@@ -196,8 +200,8 @@ def verdicts(results: dict[str, Any]) -> list[tuple[str, str, str, bool | None]]
             if "kroxylicious" in targets:
                 out.append(
                     _verdict(
-                        f"idemproxy / Kroxylicious CPU per GB, {name}",
-                        cpu_ratio(results, "idemproxy", profile, "kroxylicious"),
+                        f"{label} / Kroxylicious CPU per GB, {name}",
+                        cpu_ratio(results, proxy, profile, "kroxylicious"),
                         "<=",
                         TARGET_CPU_VS_KROXYLICIOUS,
                     )
@@ -213,16 +217,16 @@ def verdicts(results: dict[str, Any]) -> list[tuple[str, str, str, bool | None]]
             runs = _runs(state["runs"], setup=setup)
             ratios = [r["us_per_batch"] / base[r["round"]] for r in runs if base.get(r["round"])]
             out.append(_verdict(figure, Spread.of(ratios), "<=", TARGET_FLAT_RATIO))
-    if "idemproxy" in targets and results["latency"]:
+    for proxy in (p for p in PROXIES if p in targets and results["latency"]):
         out.append(
             _verdict(
-                "added p99 single-send latency through idemproxy (ms)",
-                added_latency(results, "idemproxy"),
+                f"added p99 single-send latency through {LABELS[proxy]} (ms)",
+                added_latency(results, proxy),
                 "<=",
                 TARGET_ADDED_P99_MS,
             )
         )
-        rdkafka = added_latency(results, "idemproxy", client="librdkafka")
+        rdkafka = added_latency(results, proxy, client="librdkafka")
         if rdkafka.n:
             out.append(
                 _verdict(
@@ -276,13 +280,11 @@ def _issue_table(results: dict[str, Any]) -> list[str]:
     """The table of issue 10, with Kroxylicious and direct beside it."""
     targets = _targets(results)
     header = ["profile"]
-    header += [
-        f"{LABELS[t]} CPU s/GB" for t in ("socat", "idemproxy", "kroxylicious") if t in targets
-    ]
+    header += [f"{LABELS[t]} CPU s/GB" for t in ("socat", *PROXIES, "kroxylicious") if t in targets]
     if "socat" in targets:
         header += [
             f"{LABELS[t]} throughput / socat's"
-            for t in ("idemproxy", "kroxylicious", "direct")
+            for t in (*PROXIES, "kroxylicious", "direct")
             if t in targets
         ]
     if "idemproxy" in targets:
@@ -292,13 +294,13 @@ def _issue_table(results: dict[str, Any]) -> list[str]:
         row = [profile_label(profile, results)]
         row += [
             cpu_per_gb(results, t, profile).fmt(2)
-            for t in ("socat", "idemproxy", "kroxylicious")
+            for t in ("socat", *PROXIES, "kroxylicious")
             if t in targets
         ]
         if "socat" in targets:
             row += [
                 throughput_ratio(results, t, profile, base="socat").fmt(3)
-                for t in ("idemproxy", "kroxylicious", "direct")
+                for t in (*PROXIES, "kroxylicious", "direct")
                 if t in targets
             ]
         if "idemproxy" in targets:
@@ -702,6 +704,7 @@ def plot(results: dict[str, Any], path: Path) -> None:
         "direct": "#4c72b0",
         "socat": "#8c8c8c",
         "idemproxy": "#dd8452",
+        "idemproxy-mypyc": "#c44e52",
         "kroxylicious": "#55a868",
     }
     fig, axes = plt.subplots(2, 2, figsize=(13, 9))

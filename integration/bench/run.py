@@ -65,6 +65,9 @@ PRODUCER_PROPS: dict[str, str | int] = {
 }
 #: py-spy profiles idemproxy under this request profile: the one where it costs most.
 PROFILE_PROFILED = "small"
+#: The optional compiled build (setup.py, `make compiled`) as a target of its own.
+COMPILED_TARGET = "idemproxy-mypyc"
+COMPILED_DIR = REPO / "build" / "compiled"
 SMALL_PIDS = [9_000_000]
 LARGE_PIDS = list(range(10_000_000, 10_001_000))
 STATE_PARTITIONS = 10
@@ -163,6 +166,7 @@ class Bench:
         profile: bool,
         producer_overrides: dict[str, str | int],
         command: str,
+        compiled: Path | None = None,
     ) -> None:
         import confluent_kafka
 
@@ -173,6 +177,8 @@ class Bench:
         self.want_kroxylicious = kroxylicious
         self.want_socat = socat
         self.want_profile = profile
+        #: The compiled build's checkout copy (--compiled), measured as COMPILED_TARGET.
+        self.compiled = compiled
         #: --producer-prop values, applied over every profile and over the defaults
         self.producer_overrides = dict(producer_overrides)
         self.producer_props = {**PRODUCER_PROPS, **producer_overrides}
@@ -284,6 +290,12 @@ class Bench:
         self.pids["idemproxy"] = proxy.pid
         self.results["meta"]["targets"].append("idemproxy")
         say(f"  idemproxy at {proxy.bootstrap} (pid {proxy.pid})")
+        if self.compiled is not None:
+            compiled = self._proxy(cluster.bootstrap, "throughput-mypyc", cwd=self.compiled)
+            self.bootstraps[COMPILED_TARGET] = compiled.bootstrap
+            self.pids[COMPILED_TARGET] = compiled.pid
+            self.results["meta"]["targets"].append(COMPILED_TARGET)
+            say(f"  idemproxy, mypyc build, at {compiled.bootstrap} (pid {compiled.pid})")
 
         if self.want_kroxylicious:
             self._start_kroxylicious(cluster.bootstrap)
@@ -346,8 +358,8 @@ class Bench:
         }
         return socat
 
-    def _proxy(self, upstream: str, name: str) -> ProxyProcess:
-        proxy = ProxyProcess(upstream, extra=["--log-level", "info"]).start()
+    def _proxy(self, upstream: str, name: str, cwd: Path | None = None) -> ProxyProcess:
+        proxy = ProxyProcess(upstream, extra=["--log-level", "info"], cwd=cwd).start()
 
         def stop() -> None:
             shutil.copy(proxy.log_path, self.out / f"idemproxy-{name}.log")
@@ -805,6 +817,14 @@ def _parse_props(values: tuple[str, ...]) -> dict[str, str | int]:
     return props
 
 
+def _compiled_build() -> Path:
+    """The compiled build's copy of the checkout, made with `make compiled` when missing."""
+    if not list((COMPILED_DIR / "proxy" / "idempotence").glob("engine*.so")):
+        say("Building the compiled core (make compiled, about a minute)...")
+        subprocess.run(["make", "-s", "compiled"], cwd=REPO, check=True)
+    return COMPILED_DIR
+
+
 @click.command()
 @click.option("--quick", is_flag=True, help="One round, short runs (under 3 minutes).")
 @click.option("--rounds", type=int, help="Rounds of every measurement (default 3, quick 1).")
@@ -824,6 +844,12 @@ def _parse_props(values: tuple[str, ...]) -> dict[str, str | int]:
 )
 @click.option(
     "--profile/--no-profile", default=True, show_default=True, help="Profile idemproxy with py-spy."
+)
+@click.option(
+    "--compiled",
+    is_flag=True,
+    help="Also measure the mypyc-compiled build (`make compiled`, built first when missing) "
+    "in throughput and latency.",
 )
 @click.option(
     "--only",
@@ -857,6 +883,7 @@ def main(
     kroxylicious: bool,
     socat: bool,
     profile: bool,
+    compiled: bool,
     only: tuple[str, ...],
     producer_prop: tuple[str, ...],
     out: Path | None,
@@ -907,6 +934,7 @@ def main(
         socat=socat,
         producer_overrides=_parse_props(producer_prop),
         command=command.strip(),
+        compiled=_compiled_build() if compiled else None,
     )
     bench.results["meta"]["quick"] = quick
     wanted = set(only) or {"throughput", "latency", "state", "stamping"}

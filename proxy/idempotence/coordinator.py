@@ -18,6 +18,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Literal, NamedTuple, Protocol
 
+from mypy_extensions import mypyc_attr
+
 from proxy.idempotence.decisions import (
     AwaitInflight,
     BatchFields,
@@ -119,6 +121,7 @@ def _waiter_answer(duplicate: Duplicate | None, outcome: Outcome) -> Answer:
     return Answer(E.REQUEST_TIMED_OUT)
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)  # tests record what it decides
 class ProduceCoordinator:
     """Shared by every connection: the engine, the non-idempotent policy, and waiting retries."""
 

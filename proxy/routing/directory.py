@@ -12,9 +12,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from mypy_extensions import mypyc_attr
+
 from proxy.address import Address
-from proxy.errors import ProxyError
-from proxy.wire import error_codes
+from proxy.errors import RoutingError
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,12 +26,7 @@ class BrokerDiscovered:
     upstream: Address
 
 
-class RoutingError(ProxyError):
-    """A broker cannot be given a proxy listener (its node id maps outside the port range)."""
-
-    error_code = error_codes.BROKER_NOT_AVAILABLE
-
-
+@mypyc_attr(allow_interpreted_subclasses=True)  # tests record what it decides
 class BrokerDirectory:
     """Upstream node id -> upstream address, and node id -> advertised proxy address."""
 

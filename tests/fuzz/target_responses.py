@@ -13,9 +13,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from proxy.errors import RoutingError
 from proxy.idempotence.topics import TopicNames
 from proxy.routing.api_versions import narrow_api_versions
-from proxy.routing.directory import BrokerDirectory, RoutingError
+from proxy.routing.directory import BrokerDirectory
 from proxy.routing.rewrite import rewrite_addresses
 from proxy.wire import codec
 from proxy.wire.apis import ApiKey

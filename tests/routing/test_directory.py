@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from proxy.address import Address
-from proxy.errors import ProxyError
-from proxy.routing.directory import BrokerDirectory, BrokerDiscovered, RoutingError
+from proxy.errors import ProxyError, RoutingError
+from proxy.routing.directory import BrokerDirectory, BrokerDiscovered
 
 from ._support import ADVERTISED_HOST, PORT_BASE, make_directory
 

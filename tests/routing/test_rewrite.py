@@ -19,7 +19,8 @@ from kafka.protocol.metadata.find_coordinator import (
 from kafka.protocol.producer import ProduceResponse
 
 from proxy.address import Address
-from proxy.routing.directory import BrokerDirectory, RoutingError
+from proxy.errors import RoutingError
+from proxy.routing.directory import BrokerDirectory
 from proxy.routing.rewrite import rewrite_addresses
 from proxy.routing.session import Session
 from proxy.wire.apis import ApiKey
