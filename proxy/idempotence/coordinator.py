@@ -27,6 +27,7 @@ from proxy.idempotence.decisions import (
     Failure,
     Forward,
     Outcome,
+    Principal,
     Reject,
     Success,
     TopicPartition,
@@ -73,7 +74,7 @@ class Send(NamedTuple):
 class Waiter:
     """A batch waiting for the outcome of an identical one in flight."""
 
-    __slots__ = ("answer", "batch", "deadline_ms", "owner", "records", "ticket", "tp")
+    __slots__ = ("answer", "batch", "deadline_ms", "owner", "principal", "records", "ticket", "tp")
 
     def __init__(
         self,
@@ -83,6 +84,7 @@ class Waiter:
         batch: BatchFields,
         records: int,
         deadline_ms: int,
+        principal: Principal = None,
     ) -> None:
         self.owner = owner  # the connection (session id) to wake
         self.ticket = ticket
@@ -90,6 +92,7 @@ class Waiter:
         self.batch = batch
         self.records = records
         self.deadline_ms = deadline_ms
+        self.principal = principal  # the waiting connection's, the original's too
         self.answer: Answer | None = None
 
 
@@ -178,17 +181,22 @@ class ProduceCoordinator:
         acks: int,
         valid: Callable[[], bool],
         now_ms: int,
+        principal: Principal = None,
     ) -> Decision:
-        """What to do with one idempotent batch. `valid` runs the broker's own batch checks
-        (CRC-32C, base offset 0), asked only before the proxy answers in the broker's place."""
-        decision = self.engine.admit(tp, batch, now_ms)
+        """What to do with one idempotent batch sent on a connection authenticated as
+        `principal`. `valid` runs the broker's own batch checks (CRC-32C, base offset 0), asked
+        only before the proxy answers in the broker's place.
+
+        The proxy answers (from memory, or from an identical batch's outcome) only the
+        principal whose batches the broker acknowledged (IdempotenceEngine.admit)."""
+        decision = self.engine.admit(tp, batch, now_ms, principal=principal)
         deadline = now_ms
         if isinstance(decision, AwaitInflight):
             since = self.engine.admitted_ms(decision.ticket)
             deadline = (now_ms if since is None else since) + self.inflight_wait_ms
             if now_ms >= deadline:
                 # The original has been out too long: the broker answers this one itself.
-                decision = self.engine.admit(tp, batch, now_ms, coalesce=False)
+                decision = self.engine.admit(tp, batch, now_ms, coalesce=False, principal=principal)
         if acks == 0:
             # acks=0: no answer goes back and none comes to teach the proxy the outcome, so the
             # batch goes to the broker and, if admitted, counts as an unknown outcome.
@@ -203,7 +211,7 @@ class ProduceCoordinator:
             # The broker validates a batch (LogValidator) before it looks for a duplicate or a
             # sequence gap, so a corrupt retry is its to answer.
             if isinstance(decision, AwaitInflight):
-                return self.decide_forward(tp, batch, records, now_ms)
+                return self.decide_forward(tp, batch, records, now_ms, principal=principal)
             self.count("forwarded", records)
             return _FORWARDED
         if isinstance(decision, Duplicate):
@@ -215,15 +223,21 @@ class ProduceCoordinator:
             fenced = decision.error_code == E.INVALID_PRODUCER_EPOCH
             self.count("fenced" if fenced else "out_of_order", records)
             return Answer(decision.error_code)
-        waiter = Waiter(owner, decision.ticket, tp, batch, records, deadline)
+        waiter = Waiter(owner, decision.ticket, tp, batch, records, deadline, principal)
         self._waiters.setdefault(decision.ticket, []).append(waiter)
         return Wait(waiter)
 
     def decide_forward(
-        self, tp: TopicPartition, batch: BatchFields, records: int, now_ms: int
+        self,
+        tp: TopicPartition,
+        batch: BatchFields,
+        records: int,
+        now_ms: int,
+        *,
+        principal: Principal = None,
     ) -> Send:
         """Forward a batch even if an identical one is in flight (the broker deduplicates)."""
-        decision = self.engine.admit(tp, batch, now_ms, coalesce=False)
+        decision = self.engine.admit(tp, batch, now_ms, coalesce=False, principal=principal)
         self.count("forwarded", records)
         return Send(decision.ticket) if isinstance(decision, Forward) else _FORWARDED
 

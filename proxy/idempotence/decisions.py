@@ -14,6 +14,23 @@ from proxy.wire import error_codes as E
 TopicPartition = tuple[str, int]
 """Topic name and partition index (Produce v13 topic ids are mapped to names first)."""
 
+Principal = str | None
+"""Who a connection is authenticated as (proxy.routing.session.Session.principal); None: nobody
+(no authentication)."""
+
+#: A principal the proxy cannot name (an unreadable SASL mechanism, an exchange not finished or
+#: failed, producer state written under several principals): it matches no principal, itself
+#: included.
+UNKNOWN_PRINCIPAL = "\x00unknown"
+
+
+def same_principal(retrying: Principal, acknowledged: Principal) -> bool:
+    """Whether the proxy may answer `retrying`'s request from what the broker told
+    `acknowledged` (issue 11): the broker authorises each request by its connection's
+    principal, so an answer given to anyone else might be one the broker would refuse."""
+    return retrying == acknowledged and retrying != UNKNOWN_PRINCIPAL
+
+
 # RecordBatch.NO_TIMESTAMP; also the Produce response's logAppendTime on CreateTime topics.
 NO_TIMESTAMP = -1
 

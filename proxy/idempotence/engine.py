@@ -36,9 +36,11 @@ from proxy.idempotence.decisions import (
     Failure,
     Forward,
     Outcome,
+    Principal,
     Reject,
     Success,
     TopicPartition,
+    same_principal,
 )
 from proxy.idempotence.state import ProducerPartitionState, SuccessEffect
 from proxy.wire.batch import in_sequence
@@ -60,6 +62,7 @@ class _Pending:
     last_seq: int
     max_timestamp: int
     admitted_ms: int
+    principal: Principal = None
     # Pending when its producer-partition was forgotten: its answer may predate writes the
     # engine no longer knows of, so it must not rebuild state.
     orphan: bool = field(default=False)
@@ -131,9 +134,21 @@ class IdempotenceEngine:
         self._expiry_ms = value
 
     def admit(
-        self, tp: TopicPartition, batch: BatchFields, now_ms: int, *, coalesce: bool = True
+        self,
+        tp: TopicPartition,
+        batch: BatchFields,
+        now_ms: int,
+        *,
+        coalesce: bool = True,
+        principal: Principal = None,
     ) -> Decision:
-        """Decide what to do with one produced batch (it must carry a producer id).
+        """Decide what to do with one produced batch (it must carry a producer id), sent on a
+        connection authenticated as `principal`.
+
+        Only a batch of the principal whose batches made the producer state is answered from
+        it, and only one of the principal of an identical batch in flight waits for it: the
+        broker authorises every request by its own connection's principal (KafkaApis
+        handleProduceRequest, before the append), so anyone else's batch goes to the broker.
 
         With `coalesce` False a batch identical to one in flight is forwarded too, rather than
         told to wait (the broker deduplicates it): the caller bounds how long a retry waits.
@@ -150,12 +165,16 @@ class IdempotenceEngine:
         last_seq = batch.last_sequence
         identity = (*key, batch.producer_epoch, batch.base_sequence, last_seq)
         ticket = self._inflight.get(identity)
-        if ticket is not None and coalesce:
+        if (
+            ticket is not None
+            and coalesce
+            and same_principal(principal, self._pending[ticket].principal)
+        ):
             return AwaitInflight(ticket)
-        decision = self._decide(key, tp, batch, last_seq, now_ms)
+        decision = self._decide(key, tp, batch, last_seq, now_ms, principal)
         if decision is not None:
             return decision
-        return self._forward(key, identity, batch, last_seq, now_ms)
+        return self._forward(key, identity, batch, last_seq, now_ms, principal)
 
     def complete(self, ticket: int, outcome: Outcome, now_ms: int) -> Duplicate | None:
         """Record the broker's answer to a forwarded batch.
@@ -222,7 +241,13 @@ class IdempotenceEngine:
             self._log_start.move_to_end(tp)
 
     def _decide(
-        self, key: _Key, tp: TopicPartition, batch: BatchFields, last_seq: int, now_ms: int
+        self,
+        key: _Key,
+        tp: TopicPartition,
+        batch: BatchFields,
+        last_seq: int,
+        now_ms: int,
+        principal: Principal,
     ) -> Duplicate | Reject | None:
         """The broker's certain answer, or None when the batch must be forwarded."""
         if batch.is_transactional and not self._answer_transactional:
@@ -232,6 +257,8 @@ class IdempotenceEngine:
         # No state (KIP-360: the broker accepts any sequence from an unknown producer) or a write
         # whose outcome is unknown: only the broker knows.
         if entry is None or not entry.certain or entry.epoch is None or base_seq < 0:
+            return None
+        if not same_principal(principal, entry.principal):
             return None
         epoch = batch.producer_epoch
         # ProducerAppendInfo.checkProducerEpoch. Epochs only grow: pending batches cannot undo it.
@@ -276,7 +303,13 @@ class IdempotenceEngine:
         return None
 
     def _forward(
-        self, key: _Key, identity: _Identity, batch: BatchFields, last_seq: int, now_ms: int
+        self,
+        key: _Key,
+        identity: _Identity,
+        batch: BatchFields,
+        last_seq: int,
+        now_ms: int,
+        principal: Principal = None,
     ) -> Forward:
         if len(self._pending) >= self._max_pending:
             # The caller broke the contract; forgetting the ticket as an unknown outcome is safe.
@@ -293,6 +326,7 @@ class IdempotenceEngine:
             last_seq,
             batch.max_timestamp,
             now_ms,
+            principal,
         )
         self._pending[ticket] = p
         self._inflight[identity] = ticket
@@ -313,7 +347,8 @@ class IdempotenceEngine:
             del self._pending_by_key[p.key]
 
     def _record_success(self, p: _Pending, outcome: Success, timestamp: int, now_ms: int) -> None:
-        entry = self._entries.get(p.key) or self._create(p.key, now_ms)
+        entry = self._entries.get(p.key) or self._create(p.key, now_ms, p.principal)
+        entry.written_by(p.principal)
         effect = entry.add_success(
             p.epoch, p.first_seq, p.last_seq, outcome.base_offset, timestamp, self._retain
         )
@@ -326,7 +361,8 @@ class IdempotenceEngine:
 
     def _record_unknown(self, p: _Pending, now_ms: int) -> None:
         """Remember that `p` may have been written, at an offset the engine will not learn."""
-        entry = self._entries.get(p.key) or self._create(p.key, now_ms)
+        entry = self._entries.get(p.key) or self._create(p.key, now_ms, p.principal)
+        entry.written_by(p.principal)
         if entry.add_ghost(p.epoch, p.first_seq, p.last_seq):
             self._touch(p.key, entry, now_ms)
 
@@ -350,11 +386,11 @@ class IdempotenceEngine:
             return None
         return entry
 
-    def _create(self, key: _Key, now_ms: int) -> ProducerPartitionState:
+    def _create(self, key: _Key, now_ms: int, principal: Principal) -> ProducerPartitionState:
         if len(self._entries) >= self._max_entries:
             victim = next(iter(self._entries))
             self._forget(victim, evicted=True)
-        entry = ProducerPartitionState(now_ms)
+        entry = ProducerPartitionState(now_ms, principal)
         if now_ms < self._oldest_ms:  # the wall clock went back
             self._oldest_ms = now_ms
         # One copy of each topic name, however many producers and requests carry it.

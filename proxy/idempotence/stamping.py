@@ -8,6 +8,8 @@ The rules, as the README's "Producers without idempotence" states them:
 
 - A *line* per (client id, topic-partition): the producer id the proxy obtained for that client
   id (InitProducerId without a transactional id), the line's own epoch and its next sequence.
+  A client id is one per principal (`ClientKey`): two principals never share a producer id,
+  a line or its retry memory (issue 11).
   The broker keeps producer state per partition (ProducerStateManager), so one producer id may
   run different epochs on different partitions, and an epoch bump here touches one partition.
 - Every stamped batch is kept until the broker has it, as the Java producer's Sender keeps a
@@ -33,7 +35,7 @@ from itertools import islice
 from typing import Literal, NamedTuple, Protocol
 
 from proxy.errors import DecodeError
-from proxy.idempotence.decisions import TopicPartition
+from proxy.idempotence.decisions import UNKNOWN_PRINCIPAL, Principal, TopicPartition
 from proxy.wire import error_codes as E
 from proxy.wire.records import RecordKey, rebuild, record_keys, stamp
 
@@ -85,6 +87,26 @@ LINE_OVERHEAD = 600
 _SHED_SCAN = 64
 #: Bytes counted per kept batch beyond its bytes.
 SENT_OVERHEAD = 200
+
+
+ClientKey = str | tuple[str, str] | tuple[str, int, str]
+"""Whose stamping state: the client id alone on connections without authentication, (principal,
+client id) on authenticated ones, (UNKNOWN_PRINCIPAL, session id, client id) for a principal the
+proxy cannot name (it shares nothing, not even with another such connection)."""
+
+
+def client_key(principal: Principal, session_id: int, client_id: str) -> ClientKey:
+    """The stamping key of a client id on a connection authenticated as `principal`."""
+    if principal is None:
+        return client_id
+    if principal == UNKNOWN_PRINCIPAL:
+        return (principal, session_id, client_id)
+    return (principal, client_id)
+
+
+def client_id_of(key: ClientKey) -> str:
+    """The client id of a stamping key."""
+    return key if isinstance(key, str) else key[-1]
 
 
 class StampObserver(Protocol):
@@ -167,7 +189,7 @@ class Line:
         "tp",
     )
 
-    def __init__(self, client: str, tp: TopicPartition, pid: int) -> None:
+    def __init__(self, client: ClientKey, tp: TopicPartition, pid: int) -> None:
         self.client = client
         self.tp = tp
         self.pid = pid
@@ -242,9 +264,9 @@ class Stamper:
         self.max_bytes = max_bytes
         self.ack_grace_ms = ack_grace_ms
         self._observer = observer
-        self._pids: dict[str, int] = {}
-        self._refused: dict[str, int] = {}  # client id -> ms until which it is not stamped
-        self._lines: OrderedDict[tuple[str, TopicPartition], Line] = OrderedDict()
+        self._pids: dict[ClientKey, int] = {}
+        self._refused: dict[ClientKey, int] = {}  # client id -> ms until which it is not stamped
+        self._lines: OrderedDict[tuple[ClientKey, TopicPartition], Line] = OrderedDict()
         self.bytes = 0  # kept batches and record copies, estimated
         self.copies = 0
         self.evictions = 0
@@ -252,10 +274,10 @@ class Stamper:
 
     # -- producer ids ----------------------------------------------------------
 
-    def producer_id(self, client: str) -> int | None:
+    def producer_id(self, client: ClientKey) -> int | None:
         return self._pids.get(client)
 
-    def stamps(self, client: str, now_ms: int) -> bool:
+    def stamps(self, client: ClientKey, now_ms: int) -> bool:
         """Whether this client's batches are stamped now (not while InitProducerId is refused)."""
         until = self._refused.get(client)
         if until is None:
@@ -265,13 +287,13 @@ class Stamper:
             return True
         return False
 
-    def granted(self, client: str, producer_id: int) -> None:
+    def granted(self, client: ClientKey, producer_id: int) -> None:
         """An InitProducerId answer: the first one for a client id is kept, later ones unused."""
         self.producer_ids += 1
         self._count_pid("obtained")
         self._pids.setdefault(client, producer_id)
 
-    def refused(self, client: str, now_ms: int) -> None:
+    def refused(self, client: ClientKey, now_ms: int) -> None:
         """InitProducerId refused (not authorised, not supported): the client passes unstamped
         for a retry window, then the proxy asks again."""
         self._count_pid("refused")
@@ -281,7 +303,7 @@ class Stamper:
 
     def plan(
         self,
-        client: str,
+        client: ClientKey,
         tp: TopicPartition,
         records: bytes | memoryview,
         record_count: int,
@@ -329,7 +351,7 @@ class Stamper:
         self._trim()
         return plan
 
-    def _line(self, client: str, tp: TopicPartition) -> Line:
+    def _line(self, client: ClientKey, tp: TopicPartition) -> Line:
         key = (client, tp)
         line = self._lines.get(key)
         pid = self._pids[client]
@@ -655,7 +677,7 @@ class Stamper:
     def lines(self) -> int:
         return len(self._lines)
 
-    def line(self, client: str, tp: TopicPartition) -> Line | None:
+    def line(self, client: ClientKey, tp: TopicPartition) -> Line | None:
         return self._lines.get((client, tp))
 
 

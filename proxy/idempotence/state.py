@@ -10,7 +10,7 @@ from __future__ import annotations
 from array import array
 from enum import Enum
 
-from proxy.idempotence.decisions import BROKER_BATCHES_RETAINED
+from proxy.idempotence.decisions import BROKER_BATCHES_RETAINED, UNKNOWN_PRINCIPAL, Principal
 from proxy.wire.batch import in_sequence
 
 # Cached batches are stored flat, four int64 per batch, to keep an entry small.
@@ -38,10 +38,11 @@ class ProducerPartitionState:
         "ghosts",
         "log_start_offset",
         "lost_ghost_epoch",
+        "principal",
         "updated_ms",
     )
 
-    def __init__(self, updated_ms: int) -> None:
+    def __init__(self, updated_ms: int, principal: Principal = None) -> None:
         self._batches = array("q")
         self.epoch: int | None = None
         # (epoch, first seq, last seq) of batches that may have been written, at unknown offsets.
@@ -50,6 +51,15 @@ class ProducerPartitionState:
         self.lost_ghost_epoch: int | None = None
         self.updated_ms = updated_ms
         self.log_start_offset = -1
+        #: The principal of the connections whose batches made this state (UNKNOWN_PRINCIPAL
+        #: once two principals did): only it is answered from the state.
+        self.principal = principal
+
+    def written_by(self, principal: Principal) -> None:
+        """A batch of `principal` may be in the broker's state: a second principal leaves it
+        to no one."""
+        if principal != self.principal:
+            self.principal = UNKNOWN_PRINCIPAL
 
     @property
     def size(self) -> int:

@@ -1,8 +1,9 @@
 """Narrowing the broker's ApiVersions answer to what the proxy can handle.
 
 The client sees the broker's own list, except: APIs whose bodies the proxy decodes
-are capped at the highest version its codec handles; Fetch is capped below KIP-951
-NodeEndpoints; APIs whose addresses the proxy does not rewrite are removed.
+are capped at the highest version its codec handles (and SaslHandshake starts at v1);
+Fetch is capped below KIP-951 NodeEndpoints; APIs whose addresses the proxy does not
+rewrite are removed.
 Everything else passes at the broker's versions (opaque forwarding).
 """
 
@@ -13,6 +14,7 @@ from typing import Any
 from proxy.wire.apis import FETCH_MAX_VERSION, HIDDEN_APIS, ApiKey
 from proxy.wire.codec import codec_max_version, response_class
 from proxy.wire.error_codes import UNSUPPORTED_VERSION
+from proxy.wire.sasl import AUTHENTICATE_MAX_VERSION, HANDSHAKE_MAX_VERSION
 
 #: Highest version the proxy lets clients use, per API it constrains.
 VERSION_CAPS: dict[int, int] = {
@@ -22,7 +24,12 @@ VERSION_CAPS: dict[int, int] = {
     ApiKey.API_VERSIONS: codec_max_version(ApiKey.API_VERSIONS),
     ApiKey.DESCRIBE_CLUSTER: codec_max_version(ApiKey.DESCRIBE_CLUSTER),
     ApiKey.FETCH: FETCH_MAX_VERSION,
+    ApiKey.SASL_HANDSHAKE: HANDSHAKE_MAX_VERSION,
+    ApiKey.SASL_AUTHENTICATE: AUTHENTICATE_MAX_VERSION,
 }
+#: Lowest version the proxy lets clients use, per API it constrains: SaslHandshake v0 is
+#: followed by raw SASL tokens the proxy cannot frame (proxy.routing.sasl).
+VERSION_FLOORS: dict[int, int] = {ApiKey.SASL_HANDSHAKE: 1}
 
 
 def narrow_api_versions(response: Any) -> None:
@@ -36,8 +43,11 @@ def narrow_api_versions(response: Any) -> None:
         cap = VERSION_CAPS.get(entry.api_key)
         if cap is not None:
             entry.max_version = min(entry.max_version, cap)
-            if entry.min_version > entry.max_version:
-                continue
+        floor = VERSION_FLOORS.get(entry.api_key)
+        if floor is not None:
+            entry.min_version = max(entry.min_version, floor)
+        if entry.min_version > entry.max_version:
+            continue
         kept.append(entry)
     response.api_keys = kept
 

@@ -144,6 +144,7 @@ def check_cap(exchange: Exchange, cap: int | None) -> None:
 def handlers_for(session: Session) -> tuple[dict[int, Handler], Handler]:
     """One connection's chain: API key -> handler, and the opaque default."""
     from proxy.routing.produce import ProduceHandler
+    from proxy.routing.sasl import SaslHandler
 
     shared = session.shared
     opaque = OpaqueHandler()
@@ -157,4 +158,5 @@ def handlers_for(session: Session) -> tuple[dict[int, Handler], Handler]:
         handlers[key] = RewriteHandler(shared, VERSION_CAPS[key])
     for key in HIDDEN_APIS:
         handlers[key] = hidden
+    handlers[ApiKey.SASL_HANDSHAKE] = handlers[ApiKey.SASL_AUTHENTICATE] = SaslHandler()
     return handlers, opaque

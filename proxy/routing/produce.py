@@ -26,7 +26,16 @@ from proxy.idempotence.coordinator import (
     outcome_of,
 )
 from proxy.idempotence.decisions import Unknown
-from proxy.idempotence.stamping import SEQUENCE_ERRORS, Copy, PartPlan, Sent, Stamper
+from proxy.idempotence.stamping import (
+    SEQUENCE_ERRORS,
+    ClientKey,
+    Copy,
+    PartPlan,
+    Sent,
+    Stamper,
+    client_id_of,
+    client_key,
+)
 from proxy.routing.handlers import BaseHandler, check_cap
 from proxy.routing.rewrite import rewrite_addresses
 from proxy.routing.session import Exchange, Output, Session
@@ -65,7 +74,7 @@ class _AskPid:
 
     __slots__ = ("client", "version")
 
-    def __init__(self, client: str, version: int) -> None:
+    def __init__(self, client: ClientKey, version: int) -> None:
         self.client = client
         self.version = version
 
@@ -134,7 +143,7 @@ class ProduceHandler(BaseHandler):
         self._own_correlation = 0
         # Stamping (non-idempotent clients): requests held until the client id has a
         # producer id, stamped batches in flight here, and recent successes (ack grace).
-        self._pid_wait: deque[tuple[Exchange, ProduceRequestView, str]] = deque()
+        self._pid_wait: deque[tuple[Exchange, ProduceRequestView, ClientKey]] = deque()
         self._stamped: dict[Sent, None] = {}
         self._unanswered: dict[PartPlan, None] = {}  # stamped plans the client awaits
         # Exchanges with stamped parts not answered yet: a part may wait for batches another
@@ -161,11 +170,13 @@ class ProduceHandler(BaseHandler):
                 exchange.response = b""
             return
         view = ProduceRequestView(body, exchange.header.api_version)
-        client = peek_client_id(body) if self._stamper is not None else ""
+        client: ClientKey = ""
+        if self._stamper is not None:
+            client = client_key(session.principal, session.session_id, peek_client_id(body))
         self._admit(exchange, view, client, out)
 
     def _admit(
-        self, exchange: Exchange, view: ProduceRequestView, client: str, out: Output
+        self, exchange: Exchange, view: ProduceRequestView, client: ClientKey, out: Output
     ) -> None:
         """Process the request now, or hold it (in order) until the client id has a producer
         id to stamp with."""
@@ -176,7 +187,7 @@ class ProduceHandler(BaseHandler):
             return
         self._process(exchange, view, client, out)
 
-    def _needs_pid(self, view: ProduceRequestView, client: str) -> bool:
+    def _needs_pid(self, view: ProduceRequestView, client: ClientKey) -> bool:
         stamper = self._stamper
         if stamper is None or view.acks == 0 or stamper.producer_id(client) is not None:
             return False
@@ -192,7 +203,7 @@ class ProduceHandler(BaseHandler):
                     return True
         return False
 
-    def _ask_pid(self, exchange: Exchange, client: str, out: Output) -> bool:
+    def _ask_pid(self, exchange: Exchange, client: ClientKey, out: Output) -> bool:
         """Send the proxy's InitProducerId; False when the broker has no version for it."""
         version = pick_version(self._session.broker_versions.get(ApiKey.INIT_PRODUCER_ID))
         if version is None:
@@ -200,7 +211,7 @@ class ProduceHandler(BaseHandler):
             self._stamper.refused(client, self._coord.clock_ms())
             return False
         self._own_correlation -= 1
-        body = init_producer_id_request(version, self._own_correlation, client)
+        body = init_producer_id_request(version, self._own_correlation, client_id_of(client))
         self._session.forward(
             exchange,
             body,
@@ -225,7 +236,7 @@ class ProduceHandler(BaseHandler):
             else:
                 log.warning(
                     "the broker refused a producer id: the client's batches pass unstamped",
-                    extra={"client_id": tag.client, "error_code": answer.error_code},
+                    extra={"client_id": client_id_of(tag.client), "error_code": answer.error_code},
                 )
                 stamper.refused(tag.client, now)
         waiting = self._pid_wait
@@ -234,7 +245,7 @@ class ProduceHandler(BaseHandler):
             self._admit(exchange, view, client, out)
 
     def _process(
-        self, exchange: Exchange, view: ProduceRequestView, client: str, out: Output
+        self, exchange: Exchange, view: ProduceRequestView, client: ClientKey, out: Output
     ) -> None:
         session = self._session
         body = view.body
@@ -288,7 +299,7 @@ class ProduceHandler(BaseHandler):
                 exchange, body, out, correlation_id=self._own_correlation, tag=_Resends(round_)
             )
 
-    def _decide(self, view: ProduceRequestView, part: _Part, client: str, now: int) -> _Part:
+    def _decide(self, view: ProduceRequestView, part: _Part, client: ClientKey, now: int) -> _Part:
         records = view.records(part.p)
         header = single_batch_header(records)
         decision: Decision | None
@@ -309,6 +320,7 @@ class ProduceHandler(BaseHandler):
                     acks=view.acks,
                     valid=lambda: passes_broker_checks(records),
                     now_ms=now,
+                    principal=self._session.principal,
                 )
         if isinstance(decision, Send):
             part.sent = True
@@ -325,7 +337,7 @@ class ProduceHandler(BaseHandler):
         self,
         view: ProduceRequestView,
         part: _Part,
-        client: str,
+        client: ClientKey,
         records: memoryview,
         count: int,
         now: int,
@@ -499,7 +511,9 @@ class ProduceHandler(BaseHandler):
             part.waiter = None
             part.sent = True
             part.late = True
-            decision = self._coord.decide_forward(waiter.tp, waiter.batch, waiter.records, now_ms)
+            decision = self._coord.decide_forward(
+                waiter.tp, waiter.batch, waiter.records, now_ms, principal=waiter.principal
+            )
             if decision.ticket is not None:
                 part.ticket = decision.ticket
                 self._ledger.owe(decision.ticket)

@@ -42,6 +42,9 @@ class Observer(Protocol):
 
     def upstream(self, api_key: int, started: float) -> None: ...
 
+    def sasl_failure(self, reason: str) -> None:
+        """The broker refused a client's SASL exchange (reason: metrics.SASL_FAILURE_REASONS)."""
+
 
 class _NullObserver:
     def request(self, api_key: int, size: int) -> None:
@@ -51,6 +54,9 @@ class _NullObserver:
         pass
 
     def upstream(self, api_key: int, started: float) -> None:
+        pass
+
+    def sasl_failure(self, reason: str) -> None:
         pass
 
 
@@ -161,7 +167,9 @@ class Session:
         self._order: deque[Exchange] = deque()
         # (exchange, correlation id the broker must answer with, the handler's tag)
         self._awaiting: deque[tuple[Exchange, int, object]] = deque()
-        self._observer: Observer = observer or _NullObserver()
+        self.observer: Observer = observer or _NullObserver()
+        #: The client's address, for log lines (set by the server once connected).
+        self.peer = "?"
         self._clock = clock
         #: Forwards waiting while the proxy's own SASL exchange holds the upstream connection
         #: (None: not held): (exchange, body, correlation id, tag, expect_response).
@@ -182,8 +190,10 @@ class Session:
         self.broker_versions: dict[int, tuple[int, int]] = {}
         #: Who the broker knows this connection as: the SASL user (PLAIN, SCRAM), the token's
         #: subject (OAUTHBEARER), the client certificate's subject (mTLS), or the sidecar's
-        #: own user. None: no authentication on this connection. A retry is answered locally
-        #: only for the principal whose batch the broker acknowledged (issue 11).
+        #: own user. None: no authentication on this connection; UNKNOWN_PRINCIPAL
+        #: (proxy.idempotence.decisions): someone the proxy cannot name, matching no one. A
+        #: retry is answered locally only for the principal whose batch the broker
+        #: acknowledged (issue 11).
         self.principal: str | None = None
 
     def upstream_connected(self) -> Output:
@@ -346,7 +356,7 @@ class Session:
 
     def _client_request(self, body: bytes, out: Output) -> None:
         header = peek_request_header(body)
-        self._observer.request(header.api_key, len(body) + 4)
+        self.observer.request(header.api_key, len(body) + 4)
         handler = self._handlers.get(header.api_key, self._default)
         exchange = Exchange(header, self._clock(), handler)
         self._order.append(exchange)
@@ -360,7 +370,7 @@ class Session:
                 "to no outstanding request"
             )
         exchange, expected, tag = self._awaiting.popleft()
-        self._observer.upstream(exchange.header.api_key, exchange.started)
+        self.observer.upstream(exchange.header.api_key, exchange.started)
         if correlation_id != expected:
             raise FrameError(
                 f"broker answered correlation id {correlation_id}, expected {expected}"
@@ -374,5 +384,5 @@ class Session:
             response = exchange.response
             assert response is not None
             if response:  # b"": a request that gets no response (Produce acks=0)
-                self._observer.response(exchange.header.api_key, len(response), exchange.started)
+                self.observer.response(exchange.header.api_key, len(response), exchange.started)
                 out.client.append(response)

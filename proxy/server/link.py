@@ -108,7 +108,7 @@ class Link:
     def client_made(self, transport: asyncio.Transport) -> None:
         self.client = transport
         self.client_open = True
-        self.peer = peer_name(transport)
+        self.peer = self.session.peer = peer_name(transport)
         if transport.get_extra_info("ssl_object") is not None:
             # Verified by the listener's client CA (mTLS); empty without one.
             self.session.principal = client_principal(transport.get_extra_info("peercert"))

@@ -286,6 +286,9 @@ class Metrics:
     def upstream(self, api_key: int, started: float) -> None:
         self._hot.api(api_key).upstream.observe(time.monotonic() - started)
 
+    def sasl_failure(self, reason: str) -> None:
+        self.sasl_failures.labels("client", reason).inc()
+
 
 #: A family read from the proxy's state at scrape time: its type, name, help, and reader.
 _Reading = tuple[type[GaugeMetricFamily] | type[CounterMetricFamily], str, str, Callable[[], float]]

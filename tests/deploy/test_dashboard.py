@@ -179,6 +179,16 @@ def test_request_latency_quantiles_by_api() -> None:
         ("Requests per second by API", "idemproxy_requests_total", "api"),
         ("Connection errors by reason", "idemproxy_connection_errors_total", "reason"),
         ("Producer state evictions per second", "idemproxy_producer_state_evictions_total", ""),
+        (
+            "TLS handshake failures by side and reason",
+            "idemproxy_tls_handshake_failures_total",
+            "side, reason",
+        ),
+        (
+            "SASL authentication failures by side and reason",
+            "idemproxy_sasl_authentication_failures_total",
+            "side, reason",
+        ),
     ],
 )
 def test_breakdowns(title: str, metric: str, by: str) -> None:

@@ -144,6 +144,9 @@ def test_required_alerts() -> None:
     assert _rule("IdemproxyUpstreamDown")["expr"].strip() == "idemproxy_upstream_up == 0"
     evictions = _rule("IdemproxyProducerStateEvictions")["expr"]
     assert "idemproxy_producer_state_evictions_total" in evictions
+    sasl = _rule("IdemproxySaslAuthenticationFailing")["expr"]
+    assert "idemproxy_sasl_authentication_failures_total" in sasl
+    assert "side, reason" in sasl, "one alert per side and reason"
 
 
 def test_stamp_mode_alerts() -> None:

@@ -136,7 +136,22 @@ def test_version_caps_are_the_codec_maxima_and_fetch_15() -> None:
         ApiKey.API_VERSIONS: 4,
         ApiKey.DESCRIBE_CLUSTER: 2,
         ApiKey.FETCH: 15,
+        ApiKey.SASL_HANDSHAKE: 1,  # read for the mechanism (proxy.routing.sasl)
+        ApiKey.SASL_AUTHENTICATE: 2,  # read for the principal and the outcome
     }
+
+
+@pytest.mark.parametrize("version", range(ApiVersionsResponse.max_version + 1))
+def test_sasl_handshake_is_offered_from_v1_only(version: int) -> None:
+    received, _ = narrowed_through_session(
+        version, {ApiKey.SASL_HANDSHAKE: (0, 1), ApiKey.SASL_AUTHENTICATE: (0, 2)}
+    )
+    assert offered(received) == {ApiKey.SASL_HANDSHAKE: (1, 1), ApiKey.SASL_AUTHENTICATE: (0, 2)}
+    # A broker with only v0 (raw tokens after it): SaslHandshake is not offered at all.
+    received, _ = narrowed_through_session(
+        version, {ApiKey.SASL_HANDSHAKE: (0, 0), ApiKey.PRODUCE: (3, 13)}
+    )
+    assert offered(received) == {ApiKey.PRODUCE: (3, 13)}
 
 
 def test_api_whose_min_version_is_above_the_cap_is_removed() -> None:

@@ -135,9 +135,9 @@ class RecordingCoordinator(ProduceCoordinator):
         return decision
 
     def decide_forward(
-        self, tp: TopicPartition, batch: BatchFields, records: int, now_ms: int
+        self, tp: TopicPartition, batch: BatchFields, records: int, now_ms: int, **kw: Any
     ) -> Send:
-        decision = super().decide_forward(tp, batch, records, now_ms)
+        decision = super().decide_forward(tp, batch, records, now_ms, **kw)
         if not self._deciding:
             self.decisions.append((tp, batch, decision))
         return decision
