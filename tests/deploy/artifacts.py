@@ -38,6 +38,7 @@ COUNTERS = frozenset(
         "idemproxy_connection_errors_total",
         "idemproxy_frames_refused_total",
         "idemproxy_tls_handshake_failures_total",
+        "idemproxy_tls_reloads_total",
         "idemproxy_sasl_authentication_failures_total",
         # stamp mode (--non-idempotent stamp): producers without idempotence
         "idemproxy_stamped_batches_total",

@@ -237,9 +237,6 @@ def test_configmap_keys_are_proxy_options() -> None:
 
 #: Options the sidecar-sasl work adds (issue 11); until they exist they are only checked for
 #: the file they name.
-SASL_OPTIONS = frozenset(
-    {"upstream_sasl_mechanism", "upstream_sasl_username", "upstream_sasl_password_file"}
-)
 SECRET_DIRS = {
     "/etc/idemproxy/tls/listen": "idemproxy-listen-tls",
     "/etc/idemproxy/tls/upstream": "idemproxy-upstream-tls",
@@ -275,7 +272,7 @@ def test_the_secured_settings_name_files_of_the_mounted_secrets() -> None:
         assert volume["secret"]["secretName"] == SECRET_DIRS[directory]
         assert mount["readOnly"] is True
         assert "subPath" not in mount, "a subPath mount never sees the Secret's updates"
-    assert set(settings) - SASL_OPTIONS <= set(OPTIONS)
+    assert set(settings) <= set(OPTIONS)
 
 
 def test_secrets_are_optional_and_readable_only_by_the_sidecars_group() -> None:
