@@ -235,8 +235,7 @@ def test_configmap_keys_are_proxy_options() -> None:
 
 # -- certificates and credentials from Secrets ------------------------------------------------
 
-#: Options the sidecar-sasl work adds (issue 11); until they exist they are only checked for
-#: the file they name.
+#: Where each Secret is mounted: listener TLS, upstream TLS, the sidecar's SASL password.
 SECRET_DIRS = {
     "/etc/idemproxy/tls/listen": "idemproxy-listen-tls",
     "/etc/idemproxy/tls/upstream": "idemproxy-upstream-tls",
