@@ -42,6 +42,16 @@ _MAX_PROBE_RESPONSE = 1 << 20
 
 log = logging.getLogger("idemproxy.health")
 
+#: How a probe of one broker fails: refused, timed out, garbage or cut short, or refused
+#: the sidecar's credentials.
+_PROBE_FAILURES = (
+    OSError,
+    TimeoutError,
+    ValueError,
+    asyncio.IncompleteReadError,
+    SaslAuthenticationFailed,
+)
+
 
 def api_versions_probe() -> bytes:
     """An ApiVersions v0 request frame: api key, version, correlation id, client id."""
@@ -184,13 +194,7 @@ async def probe_producer_expiry(
     for node_id, target in sorted(brokers.items()):
         try:
             body = await _ask(target, producer_expiry_request(node_id), per_target, tls, sasl)
-        except (
-            OSError,
-            TimeoutError,
-            ValueError,
-            asyncio.IncompleteReadError,
-            SaslAuthenticationFailed,
-        ) as exc:
+        except _PROBE_FAILURES as exc:
             log.debug(
                 "no producer expiry from broker %d: %s",
                 node_id,
@@ -221,12 +225,6 @@ async def probe_upstream(
             if probe_answered(await _ask(target, api_versions_probe(), per_target, tls, sasl)):
                 return None
             raise ValueError("unexpected answer to ApiVersions")
-        except (
-            OSError,
-            TimeoutError,
-            ValueError,
-            asyncio.IncompleteReadError,
-            SaslAuthenticationFailed,
-        ) as exc:
+        except _PROBE_FAILURES as exc:
             failures.append(_failure(target, exc, tls, observe, observe_sasl))
     return "; ".join(failures) or "no upstream configured"
