@@ -152,8 +152,7 @@ class ProducerPartitionState:
             keep = (retain - 1) * _STRIDE
             tail = b[len(b) - keep :] if len(b) > keep else b
             self._batches = tail + array("q", (first_seq, last_seq, base_offset, timestamp))
-            if self.ghosts:
-                self.ghosts = [g for g in self.ghosts if g != (epoch, first_seq, last_seq)] or None
+            self._resolve_ghost(epoch, first_seq, last_seq)
             return SuccessEffect.RECORDED
         size = len(b) // _STRIDE
         pos = size
@@ -173,9 +172,13 @@ class ProducerPartitionState:
             # Rebuilt at its exact size rather than grown in place, which over-allocates.
             b = b[:at] + array("q", (first_seq, last_seq, base_offset, timestamp)) + b[at:]
             self._batches = b[-retain * _STRIDE :]
+        self._resolve_ghost(epoch, first_seq, last_seq)
+        return SuccessEffect.RECORDED
+
+    def _resolve_ghost(self, epoch: int, first_seq: int, last_seq: int) -> None:
+        """An acknowledged batch is no longer a write in doubt."""
         if self.ghosts:
             self.ghosts = [g for g in self.ghosts if g != (epoch, first_seq, last_seq)] or None
-        return SuccessEffect.RECORDED
 
     def add_ghost(self, epoch: int, first_seq: int, last_seq: int) -> bool:
         """Record a batch that may have been written; False if it cannot matter any more."""
