@@ -132,21 +132,27 @@ def aiokafka_consume(
     return asyncio.run(_aiokafka_consume(bootstrap, topic, expected, group_id, timeout))
 
 
+class _Delivery:
+    """librdkafka delivery reports, counted: acknowledged messages and error strings."""
+
+    def __init__(self) -> None:
+        self.acked = 0
+        self.errors: list[str] = []
+
+    def report(self, err: Any, _msg: Any) -> None:
+        if err is None:
+            self.acked += 1
+        else:
+            self.errors.append(str(err))
+
+
 def confluent_produce(
     bootstrap: str, topic: str, values: list[bytes], **config: Any
 ) -> tuple[int, list[str]]:
     """librdkafka's idempotent producer; returns (acknowledged, errors)."""
     from confluent_kafka import Producer
 
-    acked = 0
-    errors: list[str] = []
-
-    def report(err: Any, _msg: Any) -> None:
-        nonlocal acked
-        if err is None:
-            acked += 1
-        else:
-            errors.append(str(err))
+    delivery = _Delivery()
 
     producer = Producer(
         {"bootstrap.servers": bootstrap, "enable.idempotence": True, "linger.ms": 5, **config}
@@ -154,15 +160,15 @@ def confluent_produce(
     for v in values:
         while True:
             try:
-                producer.produce(topic, v, on_delivery=report)
+                producer.produce(topic, v, on_delivery=delivery.report)
                 break
             except BufferError:
                 producer.poll(0.1)
         producer.poll(0)
     remaining = producer.flush(60)
     if remaining:
-        errors.append(f"{remaining} messages still queued after flush")
-    return acked, errors
+        delivery.errors.append(f"{remaining} messages still queued after flush")
+    return delivery.acked, delivery.errors
 
 
 def confluent_trickle_produce(
@@ -177,15 +183,7 @@ def confluent_trickle_produce(
     """
     from confluent_kafka import Producer
 
-    acked = 0
-    errors: list[str] = []
-
-    def report(err: Any, _msg: Any) -> None:
-        nonlocal acked
-        if err is None:
-            acked += 1
-        else:
-            errors.append(str(err))
+    delivery = _Delivery()
 
     producer = Producer(
         {
@@ -197,11 +195,11 @@ def confluent_trickle_produce(
         }
     )
     for v in values:
-        producer.produce(topic, v, on_delivery=report)
+        producer.produce(topic, v, on_delivery=delivery.report)
         producer.poll(0.003)
     if remaining := producer.flush(60):
-        errors.append(f"{remaining} messages still queued after flush")
-    return acked, errors
+        delivery.errors.append(f"{remaining} messages still queued after flush")
+    return delivery.acked, delivery.errors
 
 
 def confluent_consume(
